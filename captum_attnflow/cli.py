@@ -1,50 +1,25 @@
-"""The ``captum-attnflow`` command line."""
+"""The ``captum-attnflow`` command line.
+
+Each command lives in its own module, which defines ``HELP`` (one line), ``configure(parser)``
+(adds its arguments; imports nothing heavy) and ``run(args) -> int`` (does the work). Register a
+new command by adding it to :data:`COMMANDS`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+#: command name -> module implementing it
+COMMANDS: dict[str, str] = {
+    "demo": "captum_attnflow.demo",
+}
 
 DESCRIPTION = """\
 Attention rollout and attention flow (Abnar & Zuidema, ACL 2020) for any self-attention model.
-
-Commands:
-  demo    raw attention, rollout and flow for the [CLS] token of a tiny random BERT (offline)
+Run `captum-attnflow COMMAND --help` for the options of a command.
 """
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    import torch
-
-    from captum_attnflow import attention_flow, raw_attention, rollout
-
-    try:
-        from transformers import BertConfig, BertModel
-    except ImportError:  # pragma: no cover - depends on the environment
-        print("the demo needs transformers: pip install 'captum-attnflow[transformers]'", file=sys.stderr)
-        return 2
-    torch.manual_seed(args.seed)
-    config = BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=args.layers, num_attention_heads=4,
-        intermediate_size=64, attn_implementation="eager",
-    )
-    model = BertModel(config).eval()
-    input_ids = torch.randint(5, 100, (1, args.tokens))
-    with torch.no_grad():
-        attentions = model(input_ids, output_attentions=True).attentions
-    methods = {
-        "raw": raw_attention(attentions),
-        "rollout": rollout(attentions),
-        "flow": attention_flow(attentions, output_positions=0),
-    }
-    print(f"tiny random BERT: {args.layers} layers, 4 heads, {args.tokens} tokens; "
-          f"attribution of position 0 ([CLS]) to each input token")
-    for layer in range(args.layers):
-        print(f"\nlayer {layer + 1}")
-        for name, values in methods.items():
-            row = " ".join(f"{v:.3f}" for v in values[0, layer, 0].tolist())
-            print(f"  {name:8s} {row}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,11 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="captum-attnflow", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="rollout and flow on a tiny random BERT (offline, seconds)")
-    demo.add_argument("--layers", type=int, default=4, help="number of layers (default 4)")
-    demo.add_argument("--tokens", type=int, default=8, help="sequence length (default 8)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.set_defaults(handler=run_demo)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(
+            name, help=module.HELP, description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.configure(command)
+        command.set_defaults(handler=module.run)
     return parser
 
 
