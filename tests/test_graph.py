@@ -1,0 +1,182 @@
+"""Rollout, raw attention, head fusion, residual and masks against straightforward loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from captum_attnflow import head_rollout, raw_attention, rollout
+from captum_attnflow.graph import augment_residual, fuse_heads
+
+
+def random_attention(batch=2, layers=3, heads=4, n=7, *, seed=0, dtype=torch.float64, causal=False):
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randn(layers, batch, heads, n, n, generator=generator, dtype=dtype) * 2
+    if causal:
+        scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    return list(torch.softmax(scores, dim=-1).unbind(0))
+
+
+def masked_attention(attentions, mask):
+    """Attention as a model computes it with a key-padding mask (softmax over live keys only)."""
+    key_mask = torch.as_tensor(mask, dtype=torch.bool)[:, None, None, :]
+    return [torch.softmax(torch.log(a).masked_fill(~key_mask, float("-inf")), dim=-1) for a in attentions]
+
+
+def loop_rollout(attentions, residual=True, fusion="mean", mask=None):
+    """Reference: one example, one layer at a time, numpy, explicit loops over rows."""
+    attentions = [np.asarray(a, dtype=np.float64) for a in attentions]
+    batch, _, n, _ = attentions[0].shape
+    out = np.zeros((batch, len(attentions), n, n))
+    for b in range(batch):
+        live = np.ones(n, bool) if mask is None else np.asarray(mask[b], bool)
+        current = np.eye(n)
+        for layer, attention in enumerate(attentions):
+            fused = {"mean": np.mean, "max": np.max, "min": np.min}[fusion](attention[b], axis=0)
+            matrix = np.zeros((n, n))
+            for i in range(n):
+                if not live[i]:
+                    continue
+                row = np.where(live, fused[i], 0.0)
+                row = row / row.sum()
+                if residual:
+                    row = 0.5 * row + 0.5 * np.eye(n)[i]
+                matrix[i] = row
+            current = matrix @ current
+            out[b, layer] = current
+    return out
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max", "min"])
+@pytest.mark.parametrize("residual", [True, False])
+def test_rollout_matches_loop(fusion, residual):
+    attentions = random_attention()
+    expected = loop_rollout(attentions, residual=residual, fusion=fusion)
+    got = rollout(attentions, residual=residual, head_fusion=fusion)
+    assert got.shape == (2, 3, 7, 7)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-12)
+    np.testing.assert_allclose(got.sum(-1).numpy(), 1.0, atol=1e-12)
+
+
+def test_rollout_with_padding_matches_loop_and_unpadded_example():
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]])
+    attentions = masked_attention(random_attention(seed=1), mask)
+    got = rollout(attentions, mask=mask)
+    np.testing.assert_allclose(got.numpy(), loop_rollout(attentions, mask=mask.numpy()), atol=1e-12)
+    assert (got[0, :, :, 5:] == 0).all() and (got[0, :, 5:, :] == 0).all()
+    np.testing.assert_allclose(got[0, :, :5].sum(-1).numpy(), 1.0, atol=1e-12)
+    alone = rollout([a[:1, :, :5, :5] for a in attentions])
+    np.testing.assert_allclose(got[0, :, :5, :5].numpy(), alone[0].numpy(), atol=1e-12)
+
+
+def test_mask_renormalises_attention_that_still_leaks_onto_padding():
+    attentions = random_attention(batch=1)  # unmasked softmax: padded keys carry weight
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0]])
+    got = rollout(attentions, mask=mask)
+    np.testing.assert_allclose(got.numpy(), loop_rollout(attentions, mask=mask.numpy()), atol=1e-12)
+
+
+def test_causal_rollout_stays_lower_triangular():
+    got = rollout(random_attention(causal=True))
+    assert torch.equal(got.triu(1), torch.zeros_like(got))
+    np.testing.assert_allclose(got.sum(-1).numpy(), 1.0, atol=1e-12)
+
+
+def test_float32_float64_and_numpy_round_trip():
+    attentions = random_attention(dtype=torch.float32)
+    out32 = rollout(attentions)
+    assert out32.dtype == torch.float32
+    out64 = rollout([a.double() for a in attentions])
+    np.testing.assert_allclose(out32.numpy(), out64.numpy(), atol=1e-6)
+    out_np = rollout([a.numpy() for a in attentions])
+    assert isinstance(out_np, np.ndarray)
+    np.testing.assert_allclose(out_np, out32.numpy(), atol=1e-7)
+    stacked = rollout(torch.stack(attentions, dim=1))
+    np.testing.assert_allclose(stacked.numpy(), out32.numpy())
+
+
+def test_raw_attention_is_fused_masked_and_row_normalised():
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0, 0], [1] * 7])
+    attentions = random_attention(seed=3)
+    got = raw_attention(attentions, mask=mask)
+    expected = loop_rollout(attentions[:1], residual=False, mask=mask.numpy())[:, 0]
+    np.testing.assert_allclose(got[:, 0].numpy(), expected, atol=1e-12)
+    np.testing.assert_allclose(got[1].numpy(), torch.stack(attentions, 1)[1].mean(1).numpy(), atol=1e-12)
+
+
+def test_fuse_heads_and_residual_primitives():
+    attention = random_attention(batch=1, layers=1)[0]
+    assert torch.equal(fuse_heads(attention, "max"), attention.max(dim=1).values)
+    augmented = augment_residual(fuse_heads(attention))
+    expected = 0.5 * attention.mean(1) + 0.5 * torch.eye(7, dtype=attention.dtype)
+    torch.testing.assert_close(augmented, expected)
+
+
+def test_head_rollout_is_head_on_top_of_fused_rollout_below():
+    attentions = random_attention(seed=4)
+    stack = torch.stack(attentions, 1)
+    eye = torch.eye(7, dtype=torch.float64)
+    below = rollout(attentions)[:, 1]
+    for head in range(4):
+        top = 0.5 * stack[:, 2, head] + 0.5 * eye
+        got = head_rollout(attentions, layer=2, head=head)
+        torch.testing.assert_close(got[:, 0], top @ below)
+    all_heads = head_rollout(attentions, layer=-1)
+    assert all_heads.shape == (2, 4, 7, 7)
+    torch.testing.assert_close(all_heads.mean(1), rollout(attentions)[:, 2])  # mean of heads = rollout
+    first = head_rollout(attentions, layer=0, head=1)
+    torch.testing.assert_close(first[:, 0], 0.5 * stack[:, 0, 1] + 0.5 * eye)
+
+
+# ----------------------------------------------------------------------------- error paths
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: [], "empty"),
+        (lambda: "abc", "sequence"),
+        (lambda: [torch.rand(2, 3, 4, 5)], "not square"),
+        (lambda: [torch.rand(3, 4, 4)], "unsqueeze"),
+        (lambda: [torch.softmax(torch.rand(1, 2, 4, 4), -1), torch.softmax(torch.rand(1, 2, 5, 5), -1)], "same"),
+        (lambda: [torch.full((1, 1, 3, 3), float("nan"))], "NaN"),
+        (lambda: [torch.tensor([[[[1.5, -0.5], [0.5, 0.5]]]])], "negative"),
+        (lambda: [torch.rand(1, 2, 4, 4) * 3], "renormalize=True"),
+        (lambda: [torch.zeros(1, 2, 0, 0)], "empty"),
+        (lambda: [[1, 2]], "torch.Tensor"),
+    ],
+)
+def test_bad_attention_is_rejected_with_a_clear_message(make, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        rollout(make())
+
+
+def test_renormalize_accepts_unnormalised_rows():
+    attention = torch.rand(1, 2, 4, 4, dtype=torch.float64) * 3
+    got = rollout([attention], renormalize=True)
+    expected = rollout([attention / attention.sum(-1, keepdim=True)])
+    torch.testing.assert_close(got, expected)
+
+
+def test_bad_options_and_masks():
+    attentions = random_attention()
+    with pytest.raises(ValueError, match="head_fusion"):
+        rollout(attentions, head_fusion="median")
+    with pytest.raises(ValueError, match=r"mask must have shape \(batch, n\)"):
+        rollout(attentions, mask=torch.ones(3, 7))
+    with pytest.raises(ValueError, match="no real token"):
+        rollout(attentions, mask=torch.tensor([[1] * 7, [0] * 7]))
+    with pytest.raises(ValueError, match="layer=5 is out of range"):
+        head_rollout(attentions, layer=5)
+    with pytest.raises(ValueError, match="head=-5 is out of range"):
+        head_rollout(attentions, layer=1, head=-5)
+    with pytest.raises(TypeError, match="layer must be an integer"):
+        head_rollout(attentions, layer=1.0)
+
+
+def test_mask_that_zeroes_a_live_row_is_an_error():
+    attention = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+    attention[0, 0, :, 2] = 1.0  # every query attends only to token 2 ...
+    with pytest.raises(ValueError, match="zeroes the whole row"):
+        rollout([attention], mask=torch.tensor([[1, 1, 0]]))  # ... which the mask removes
