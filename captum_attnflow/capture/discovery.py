@@ -1,0 +1,212 @@
+"""Finding the attention modules of a model.
+
+Every recorded module gets a *role*: ``"self"`` (its attention enters the rollout/flow graph),
+``"cross"`` (encoder–decoder attention, recorded separately and never mixed into the graph) or
+``"auto"`` (``nn.MultiheadAttention``: self-attention when called with ``query is key``, cross
+otherwise, decided at every call).
+
+Auto-discovery tries, in order:
+
+1. **Hugging Face declarations.** transformers 5.x models declare which module classes produce
+   ``attentions`` and ``cross_attentions`` in ``_can_record_outputs`` (the same table their own
+   ``output_attentions`` uses). Composite models are walked like transformers does: every
+   ``PreTrainedModel`` sub-model uses its own table.
+2. **Class names** matching ``attention``/``attn`` (case-insensitive), innermost only (a
+   matching module that contains another matching module is skipped): every
+   ``torch.nn.MultiheadAttention`` (also inside ``nn.TransformerEncoder``/``Decoder``), timm's
+   ``Attention`` and most hand-written modules.
+
+Explicit ``attention_layers`` are modules of the model, or names: a ``str`` is an
+``fnmatch`` pattern on qualified module names (``"encoder.layer.*.attention.self"``), a compiled
+``re.Pattern`` must match the whole name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from torch import nn
+
+#: Role of a recorded module, see the module docstring.
+SELF, CROSS, AUTO = "self", "cross", "auto"
+
+#: Class names the generic search accepts as attention modules.
+ATTENTION_CLASS_NAME = re.compile(r"atten|attn", re.IGNORECASE)
+
+#: ``_can_record_outputs`` keys of Hugging Face models and the role they give.
+HF_ROLES = {"attentions": SELF, "cross_attentions": CROSS}
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """One hooked module: qualified ``name`` in the model, the ``module`` itself and its role."""
+
+    name: str
+    module: nn.Module
+    role: str
+
+
+def _hf_specs(model: nn.Module) -> list[tuple[str, object]]:
+    """``(role, spec)`` pairs from a Hugging Face model's ``_can_record_outputs`` table."""
+    table = getattr(model, "_can_record_outputs", None)
+    if not isinstance(table, dict):
+        return []
+    pairs = []
+    for key, role in HF_ROLES.items():
+        specs = table.get(key)
+        for spec in specs if isinstance(specs, (list, tuple)) else [specs]:
+            if spec is not None:
+                pairs.append((role, spec))
+    return pairs
+
+
+def _hf_spec_matches(spec: object, module: nn.Module, name: str) -> bool:
+    """Whether ``module`` (qualified ``name``) is what a ``_can_record_outputs`` entry targets.
+
+    An entry is a module class, a class-name suffix (``str``) or a transformers ``OutputRecorder``
+    (``target_class``, ``class_name``, ``layer_name``); the rules mirror transformers'
+    ``recursively_install_hooks``.
+    """
+    if isinstance(spec, type):
+        return isinstance(module, spec)
+    if isinstance(spec, str):
+        return name.endswith(spec)
+    target = getattr(spec, "target_class", None)
+    class_name = getattr(spec, "class_name", None)
+    if not ((target is not None and isinstance(module, target)) or (class_name and name.endswith(class_name))):
+        return False
+    layer_name = getattr(spec, "layer_name", None)
+    return layer_name is None or f".{layer_name.strip('.')}." in f".{name}."
+
+
+def hugging_face_roles(model: nn.Module) -> dict[nn.Module, AttentionLayer]:
+    """Attention modules declared by Hugging Face ``_can_record_outputs`` tables, in module order.
+
+    Every sub-model that carries a table (a ``PreTrainedModel``) governs its own descendants.
+    """
+    found: dict[nn.Module, AttentionLayer] = {}
+
+    def walk(module: nn.Module, name: str, specs: list[tuple[str, object]]) -> None:
+        own = _hf_specs(module)
+        specs = own if own else specs
+        for role, spec in specs:
+            if module not in found and _hf_spec_matches(spec, module, name):
+                found[module] = AttentionLayer(name, module, role)
+        for child_name, child in module.named_children():
+            walk(child, f"{name}.{child_name}" if name else child_name, specs)
+
+    walk(model, "", [])
+    return found
+
+
+def _innermost(candidates: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """Drop candidates that contain another candidate."""
+    names = [name for name, _ in candidates]
+    return [
+        (name, module)
+        for name, module in candidates
+        if not any(other.startswith(name + ".") or (name == "" and other) for other in names)
+    ]
+
+
+def _role(module: nn.Module, declared: dict[nn.Module, AttentionLayer]) -> str:
+    if module in declared:
+        return declared[module].role
+    return AUTO if isinstance(module, nn.MultiheadAttention) else SELF
+
+
+def discover_attention_layers(model: nn.Module) -> list[AttentionLayer]:
+    """Find the attention modules of ``model`` without being told (see the module docstring).
+
+    Returns:
+        The modules in ``model.named_modules()`` order.
+
+    Raises:
+        ValueError: nothing was found; the message lists what was tried and how to name the
+            modules with ``attention_layers=`` (and ``extractor=``).
+    """
+    declared = hugging_face_roles(model)
+    if declared:
+        return list(declared.values())
+    named = list(model.named_modules())
+    # nn.MultiheadAttention matches the class-name rule too.
+    chosen = _innermost([(name, module) for name, module in named if ATTENTION_CLASS_NAME.search(type(module).__name__)])
+    if not chosen:
+        classes = sorted({type(module).__name__ for _, module in named})
+        raise ValueError(
+            f"no attention module found in {type(model).__name__}. Tried: (1) Hugging Face "
+            f"_can_record_outputs['attentions'] (not declared), (2) module classes whose name "
+            f"contains 'attention' or 'attn', torch.nn.MultiheadAttention included (none among {classes[:20]}{' ...' if len(classes) > 20 else ''}). Name the modules "
+            f"yourself: AttentionRecorder(model, attention_layers=[module, ...] or "
+            f"['encoder.layers.*.attn']), and pass extractor=fn(module, args, kwargs, output) -> "
+            f"(batch, heads, n, n) if they neither call F.scaled_dot_product_attention nor return "
+            f"their weights as output[1]."
+        )
+    return [AttentionLayer(name, module, _role(module, declared)) for name, module in chosen]
+
+
+def select_attention_layers(model: nn.Module, attention_layers: Sequence) -> list[AttentionLayer]:
+    """Resolve user-given ``attention_layers`` (modules, ``fnmatch`` strings, ``re.Pattern``).
+
+    Returns:
+        The selected modules in ``model.named_modules()`` order, each with its role (Hugging Face
+        cross-attention declarations and ``nn.MultiheadAttention`` are honoured).
+
+    Raises:
+        TypeError: an entry is neither a module nor a pattern.
+        ValueError: the list is empty, a module is not part of ``model``, a pattern matches no
+            module name, or one selected module contains another.
+    """
+    if isinstance(attention_layers, (str, re.Pattern, nn.Module)) or not isinstance(attention_layers, Iterable):
+        raise TypeError(
+            f"attention_layers must be a list of modules or name patterns; got "
+            f"{type(attention_layers).__name__}. Wrap a single entry in a list."
+        )
+    attention_layers = list(attention_layers)
+    if not attention_layers:
+        raise ValueError("attention_layers is empty; pass None to discover the attention modules automatically.")
+    named = list(model.named_modules())
+    selected: dict[str, nn.Module] = {}
+    for entry in attention_layers:
+        if isinstance(entry, nn.Module):
+            names = [name for name, module in named if module is entry]
+            if not names:
+                raise ValueError(
+                    f"attention_layers contains a {type(entry).__name__} that is not a submodule of "
+                    f"{type(model).__name__}."
+                )
+            selected.setdefault(names[0], entry)
+        elif isinstance(entry, (str, re.Pattern)):
+            if isinstance(entry, str):
+                hits = [(name, module) for name, module in named if fnmatch.fnmatchcase(name, entry)]
+            else:
+                hits = [(name, module) for name, module in named if entry.fullmatch(name)]
+            if not hits:
+                examples = [name for name, _ in named if name][:12]
+                raise ValueError(
+                    f"attention_layers pattern {getattr(entry, 'pattern', entry)!r} matches no module "
+                    f"name of {type(model).__name__}; names look like {examples}."
+                )
+            for name, module in hits:
+                selected.setdefault(name, module)
+        else:
+            raise TypeError(
+                f"attention_layers entries must be nn.Module, str (fnmatch pattern) or re.Pattern; "
+                f"got {type(entry).__name__}."
+            )
+    nested = [(outer, inner) for outer in selected for inner in selected if inner.startswith(outer + ".") or (outer == "" and inner)]
+    if nested:
+        outer, inner = nested[0]
+        raise ValueError(
+            f"attention_layers selects {outer or '<the model itself>'!r} and {inner!r}, which is "
+            f"inside it; select only the module that computes the attention (the inner one)."
+        )
+    declared = hugging_face_roles(model)
+    order = {name: index for index, (name, _) in enumerate(named)}
+    return [
+        AttentionLayer(name, module, _role(module, declared))
+        for name, module in sorted(selected.items(), key=lambda item: order[item[0]])
+    ]

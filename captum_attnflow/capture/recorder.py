@@ -1,0 +1,442 @@
+"""``AttentionRecorder``: per-layer attention of any self-attention model, by forward hooks."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from captum_attnflow.capture.discovery import (
+    AUTO,
+    CROSS,
+    SELF,
+    AttentionLayer,
+    discover_attention_layers,
+    select_attention_layers,
+)
+from captum_attnflow.capture.sdpa import SDPAInterceptor
+from captum_attnflow.capture.torch_mha import (
+    MHACall,
+    live_tokens_from_key_padding_mask,
+    prepare_mha_call,
+    restore_mha_output,
+)
+from captum_attnflow.graph import HEAD_FUSIONS, as_attention_stack, fuse_heads
+
+Extractor = Callable[[nn.Module, tuple, dict, object], torch.Tensor]
+
+#: Keyword arguments of the model call read as a padding mask, and whether ``True`` marks padding.
+MASK_ARGUMENTS: dict[str, bool] = {"attention_mask": False, "src_key_padding_mask": True, "key_padding_mask": True}
+
+
+@dataclass
+class _Call:
+    """State of one running call of a recorded module."""
+
+    layer: AttentionLayer
+    interceptor: SDPAInterceptor | None = None
+    sdpa_weights: list[torch.Tensor] = field(default_factory=list)
+    mha: MHACall | None = None
+
+
+@dataclass
+class _Pass:
+    """What one forward pass of the model recorded."""
+
+    mask: torch.Tensor | None = None
+    attentions: list[torch.Tensor] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+    cross_attentions: list[torch.Tensor] = field(default_factory=list)
+    cross_layers: list[str] = field(default_factory=list)
+    fired: set[str] = field(default_factory=set)
+
+
+class AttentionRecorder:
+    r"""Record the per-layer attention of a model during its forward pass.
+
+    Forward hooks on the model's attention modules collect, for every call, the attention
+    weights ``(batch, heads, n, n)`` (row = query, column = key; Hugging Face's
+    ``output_attentions`` format), without editing the model::
+
+        with AttentionRecorder(model) as recorder:
+            model(input_ids, attention_mask=attention_mask)
+        rollout(recorder.attentions, mask=recorder.mask)
+
+    **Where the weights come from.** For each call of a recorded module, in this order:
+
+    1. ``extractor(module, args, kwargs, output)`` when one is given (custom modules).
+    2. A call of ``F.scaled_dot_product_attention`` inside the module (Hugging Face
+       ``attn_implementation="sdpa"``, the transformers 5.x default; timm-style fused attention;
+       ``nn.MultiheadAttention``, which the recorder calls with ``need_weights=False`` so that it
+       takes this route). While a recorded module runs, the recorder evaluates SDPA calls with
+       the explicit math of PyTorch's SDPA reference, ``softmax(Q Kᵀ · scale + mask) · V``
+       (causal flag, ``scale``, boolean and additive masks and grouped-query ``enable_gqa``
+       honoured), instead of the fused kernel. The model's output is therefore computed from
+       exactly the recorded weights (it equals the fused kernel's output up to floating-point
+       rounding); nothing is recomputed after the fact and the model is never switched to
+       another attention implementation.
+    3. Weights the module returns as ``output[1]`` (Hugging Face ``attn_implementation="eager"``):
+       taken as they are — equal to ``output_attentions``.
+
+    A module for which none of these yields weights (e.g. flash or flex attention) is an error
+    naming the module — never a silently missing layer. For Hugging Face grouped-query models
+    (Llama, Qwen2, ...) the weights have ``num_attention_heads`` heads (key/value heads repeated),
+    like transformers' own eager ``output_attentions``.
+
+    **Which modules.** ``attention_layers=None`` discovers them (see
+    :mod:`captum_attnflow.capture.discovery`: Hugging Face ``_can_record_outputs`` declarations,
+    then ``nn.MultiheadAttention`` and classes named ``*Attention*``/``*Attn*``, innermost);
+    ``registered_layers`` lists what was found. A module called several times in one forward pass
+    contributes one layer per call. Layers are reported in the order they ran (``layers``).
+
+    **Cross-attention** (Hugging Face ``cross_attentions`` modules; ``nn.MultiheadAttention``
+    called with ``query is not key``, e.g. ``nn.TransformerDecoderLayer.multihead_attn``) is
+    recorded separately in ``cross_attentions``/``cross_layers`` and never enters
+    ``attentions``: its ``(target, source)`` matrices are not part of the self-attention graph.
+
+    **Forward passes.** A pass starts when ``model`` is called; the recorder keeps the *last
+    complete* pass (a pass that raised leaves nothing behind). Call the same ``model`` object
+    the recorder was built with; ``reset()`` forgets the recorded pass. For a meaningful graph
+    run the model in ``eval()`` mode (dropout off) and without a key/value cache.
+
+    **Padding mask.** ``mask`` is the ``(batch, n)`` padding mask of the pass, ``True`` for real
+    tokens: the model call's 2-D ``attention_mask`` (Hugging Face convention, 1 = real token), or
+    its ``src_key_padding_mask``/``key_padding_mask`` (PyTorch convention, ``True`` = padding), or
+    else the ``key_padding_mask`` of the first self-attention ``nn.MultiheadAttention`` call; None
+    when there is none. Causal masking needs nothing: causal layers simply record
+    lower-triangular attention.
+
+    **Hooks and global state.** Hooks are registered by ``attach()``/``__enter__`` and removed by
+    ``remove()``/``__exit__`` — also when the forward pass raises. While attached, PyTorch's MHA
+    fast path (``torch.backends.mha``, a process-wide switch) is disabled, because it bypasses
+    ``nn.MultiheadAttention`` without computing weights; it is restored on removal.
+
+    Args:
+        model: the model that will be called.
+        attention_layers: ``None`` to discover the attention modules, or a list of modules of
+            ``model`` and/or qualified-name patterns (``str``: ``fnmatch``, e.g.
+            ``"encoder.layer.*.attention.self"``; compiled ``re.Pattern``: full match).
+        extractor: ``fn(module, args, kwargs, output) -> Tensor (batch, heads, n, n)`` returning a
+            recorded module's attention weights; replaces rules 2 and 3 above for every layer.
+        head_fusion: ``None`` keeps every head. ``"mean"``, ``"max"`` or ``"min"`` fuses the heads
+            inside the hook, so only ``L`` matrices ``(batch, 1, n, n)`` are kept (memory
+            ``O(L·n²)`` instead of ``O(L·H·n²)``). Rollout/flow with ``head_fusion="mean"`` of the
+            full recording equal rollout/flow of a ``"mean"``-fused recording.
+        keep_graph: ``False`` (default) stores detached tensors. ``True`` keeps the recorded
+            attention attached to the autograd graph and calls ``retain_grad()`` on it, so that
+            after ``output.backward()`` ``recorder.attentions[l].grad`` holds the gradient of the
+            output with respect to that layer's attention (the weights that actually multiplied
+            the values) — what gradient-weighted rollout (Chefer et al. 2021) needs. Requires
+            gradients enabled during the forward pass and ``head_fusion=None``.
+
+    Raises:
+        TypeError, ValueError: invalid arguments, or no attention module found (the message
+            lists what was tried and how to pass ``attention_layers=``/``extractor=``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        attention_layers: Sequence | None = None,
+        extractor: Extractor | None = None,
+        head_fusion: str | None = None,
+        keep_graph: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+        if extractor is not None and not callable(extractor):
+            raise TypeError(
+                f"extractor must be a function (module, args, kwargs, output) -> (batch, heads, n, n) "
+                f"tensor; got {type(extractor).__name__}."
+            )
+        if head_fusion is not None and head_fusion not in HEAD_FUSIONS:
+            raise ValueError(f"unknown head_fusion {head_fusion!r}; choose None (keep heads) or one of {HEAD_FUSIONS}.")
+        if keep_graph and head_fusion is not None:
+            raise ValueError(
+                "keep_graph=True records the per-head weights that multiply the values, so their "
+                "gradients exist; a head-fused copy has no gradient. Use head_fusion=None."
+            )
+        self.model = model
+        self.extractor = extractor
+        self.head_fusion = head_fusion
+        self.keep_graph = bool(keep_graph)
+        if attention_layers is None:
+            self._layers = discover_attention_layers(model)
+        else:
+            self._layers = select_attention_layers(model, attention_layers)
+        self._handles: list = []
+        self._calls: list[_Call] = []
+        self._running: _Pass | None = None
+        self._recorded: _Pass | None = None
+        self._saved_fastpath: bool | None = None
+
+    # ----------------------------------------------------------------------------------------
+    # Attaching and removing
+    # ----------------------------------------------------------------------------------------
+
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are currently registered."""
+        return bool(self._handles)
+
+    def attach(self) -> "AttentionRecorder":
+        """Register the hooks (``with recorder:`` does this). Returns ``self``."""
+        if self.attached:
+            raise RuntimeError("this AttentionRecorder is already attached; call remove() first.")
+        try:
+            for layer in self._layers:
+                self._handles.append(layer.module.register_forward_pre_hook(self._layer_pre_hook(layer), with_kwargs=True))
+                self._handles.append(
+                    layer.module.register_forward_hook(self._layer_hook(layer), with_kwargs=True, always_call=True)
+                )
+            # The pass hooks wrap the layer hooks, also when the model itself is a recorded layer.
+            self._handles.append(self.model.register_forward_pre_hook(self._pass_pre_hook, with_kwargs=True, prepend=True))
+            self._handles.append(self.model.register_forward_hook(self._pass_hook, always_call=True))
+        except BaseException:
+            self.remove()
+            raise
+        self._saved_fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        return self
+
+    def remove(self) -> None:
+        """Remove every hook and restore the MHA fast-path switch (``with`` does this on exit)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        while self._calls:
+            call = self._calls.pop()
+            if call.interceptor is not None:
+                call.interceptor.__exit__(None, None, None)
+        if self._saved_fastpath is not None:
+            torch.backends.mha.set_fastpath_enabled(self._saved_fastpath)
+            self._saved_fastpath = None
+        self._running = None
+
+    def __enter__(self) -> "AttentionRecorder":
+        return self.attach()
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+    def reset(self) -> None:
+        """Forget the recorded forward pass."""
+        self._recorded = None
+
+    # ----------------------------------------------------------------------------------------
+    # Hooks
+    # ----------------------------------------------------------------------------------------
+
+    def _pass_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._recorded = None
+        self._running = _Pass(mask=_mask_from_call(module, args, kwargs))
+
+    def _pass_hook(self, module: nn.Module, args: tuple, output) -> None:
+        running, self._running = self._running, None
+        if output is not None and running is not None:  # output None: the forward pass raised
+            self._recorded = running
+
+    def _layer_pre_hook(self, layer: AttentionLayer):
+        def hook(module: nn.Module, args: tuple, kwargs: dict):
+            call = _Call(layer)
+            self._calls.append(call)
+            if self.extractor is not None:
+                return None
+            rewritten = None
+            if isinstance(module, nn.MultiheadAttention):
+                args, kwargs, call.mha = prepare_mha_call(module, args, kwargs)
+                rewritten = (args, kwargs)
+            call.interceptor = SDPAInterceptor(call.sdpa_weights.append)
+            call.interceptor.__enter__()
+            return rewritten
+
+        return hook
+
+    def _layer_hook(self, layer: AttentionLayer):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output):
+            call = self._calls.pop()
+            if call.interceptor is not None:
+                call.interceptor.__exit__(None, None, None)
+            if output is None:  # the module raised
+                return None
+            weights = self._weights(call, module, args, kwargs, output)
+            if self._running is not None:  # None: the module was called outside a model call
+                self._store(call, weights)
+            if call.mha is not None:
+                return restore_mha_output(output, call.mha, weights)
+            return None
+
+        return hook
+
+    # ----------------------------------------------------------------------------------------
+    # Turning a call into a recorded layer
+    # ----------------------------------------------------------------------------------------
+
+    def _weights(self, call: _Call, module: nn.Module, args: tuple, kwargs: dict, output) -> torch.Tensor:
+        """The ``(batch, heads, n_q, n_k)`` weights of one call (see the class docstring)."""
+        name = call.layer.name or "<model>"
+        where = f"attention layer {name!r} ({type(module).__name__})"
+        if self.extractor is not None:
+            weights = self.extractor(module, args, kwargs, output)
+            source = "the extractor"
+        elif len(call.sdpa_weights) > 1:
+            raise ValueError(
+                f"{where} called F.scaled_dot_product_attention {len(call.sdpa_weights)} times in one "
+                f"call; record the submodules that each compute one attention (attention_layers=) or "
+                f"pass extractor=."
+            )
+        elif call.sdpa_weights:
+            weights = call.sdpa_weights[0]
+            source = "F.scaled_dot_product_attention"
+        elif isinstance(output, (tuple, list)) and len(output) > 1 and isinstance(output[1], torch.Tensor):
+            weights = output[1]
+            source = "output[1]"
+        else:
+            implementation = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
+            hint = (
+                f" The model uses attn_implementation={implementation!r}; call "
+                f"model.set_attn_implementation('eager') or ('sdpa') before recording."
+                if implementation is not None
+                else ""
+            )
+            raise ValueError(
+                f"{where} produced no attention weights: it neither called "
+                f"F.scaled_dot_product_attention nor returned weights as output[1].{hint} For a "
+                f"custom module pass extractor=fn(module, args, kwargs, output) -> (batch, heads, n, n)."
+            )
+        if not isinstance(weights, torch.Tensor) or weights.dim() != 4:
+            shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+            raise ValueError(
+                f"{where}: {source} gave attention of shape {shape}; expected a tensor of shape "
+                f"(batch, heads, n, n)."
+            )
+        return weights
+
+    def _store(self, call: _Call, weights: torch.Tensor) -> None:
+        layer, running = call.layer, self._running
+        role = layer.role
+        if role == AUTO:
+            role = SELF if call.mha.is_self_attention else CROSS
+        name = layer.name or "<model>"
+        running.fired.add(layer.name)
+        if role == SELF and weights.shape[-1] != weights.shape[-2]:
+            raise ValueError(
+                f"attention layer {name!r} ({type(layer.module).__name__}) recorded non-square "
+                f"attention of shape {tuple(weights.shape)}; self-attention needs (batch, heads, n, "
+                f"n). Cross-attention modules cannot enter the rollout/flow graph: leave them out "
+                f"of attention_layers. A key/value cache also makes attention non-square: call the "
+                f"model without past_key_values (use_cache=False)."
+            )
+        if role == SELF and call.mha is not None and running.mask is None and call.mha.key_padding_mask is not None:
+            running.mask = live_tokens_from_key_padding_mask(call.mha.key_padding_mask)
+        if self.keep_graph:
+            if not weights.requires_grad:
+                raise RuntimeError(
+                    f"keep_graph=True but the attention of layer {name!r} does not require grad: run "
+                    f"the forward pass with gradients enabled (not under torch.no_grad())."
+                )
+            weights.retain_grad()
+        else:
+            weights = weights.detach()
+            if self.head_fusion is not None:
+                weights = fuse_heads(weights, self.head_fusion).unsqueeze(1)
+        if role == SELF:
+            running.attentions.append(weights)
+            running.layers.append(name)
+        else:
+            running.cross_attentions.append(weights)
+            running.cross_layers.append(name)
+
+    # ----------------------------------------------------------------------------------------
+    # Results
+    # ----------------------------------------------------------------------------------------
+
+    @property
+    def registered_layers(self) -> list[str]:
+        """Qualified names of the hooked modules, in module order (known before any forward pass)."""
+        return [layer.name or "<model>" for layer in self._layers]
+
+    def _complete_pass(self) -> _Pass:
+        if self._recorded is None:
+            raise RuntimeError(
+                f"no complete forward pass has been recorded: call the model "
+                f"({type(self.model).__name__}) while the recorder is attached (inside "
+                f"`with AttentionRecorder(model) as recorder:`). A forward pass that raised, or a "
+                f"reset(), leaves nothing recorded."
+            )
+        missing = [layer.name or "<model>" for layer in self._layers if layer.name not in self._recorded.fired]
+        if missing:
+            raise RuntimeError(
+                f"the last forward pass recorded {len(self._recorded.layers)} attention layer(s) but "
+                f"{len(missing)} of the {len(self._layers)} registered attention modules never ran: "
+                f"{missing}. An early exit or skipped layers leave the attention graph incomplete; "
+                f"pass attention_layers= with the modules that run."
+            )
+        if not self._recorded.attentions:
+            raise RuntimeError(
+                f"the last forward pass recorded only cross-attention ({self._recorded.cross_layers}); "
+                f"there is no self-attention graph."
+            )
+        return self._recorded
+
+    @property
+    def attentions(self) -> list[torch.Tensor]:
+        """``L`` tensors ``(batch, heads, n, n)`` (``heads = 1`` with ``head_fusion``), first layer first."""
+        return list(self._complete_pass().attentions)
+
+    @property
+    def layers(self) -> list[str]:
+        """Qualified module names of ``attentions``, in the order they ran."""
+        return list(self._complete_pass().layers)
+
+    @property
+    def cross_attentions(self) -> list[torch.Tensor]:
+        """Cross-attention tensors ``(batch, heads, n_target, n_source)`` of the last pass, in order."""
+        return list(self._complete_pass().cross_attentions)
+
+    @property
+    def cross_layers(self) -> list[str]:
+        """Qualified module names of ``cross_attentions``, in the order they ran."""
+        return list(self._complete_pass().cross_layers)
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """``(batch, n)`` bool padding mask of the last pass (``True`` = real token), or None.
+
+        Raises:
+            ValueError: the recorded mask does not fit the recorded attention (the model changes
+                the sequence length internally); pass your own mask to rollout/flow.
+        """
+        recorded = self._complete_pass()
+        if recorded.mask is None:
+            return None
+        batch, n = recorded.attentions[0].shape[0], recorded.attentions[0].shape[-1]
+        if tuple(recorded.mask.shape) != (batch, n):
+            raise ValueError(
+                f"the padding mask of the model call has shape {tuple(recorded.mask.shape)} but the "
+                f"attention is over (batch, n) = ({batch}, {n}) tokens: the model changes the "
+                f"sequence length internally. Build the (batch, n) mask yourself."
+            )
+        return recorded.mask
+
+    def stack(self) -> torch.Tensor:
+        """The recorded attention as one tensor ``(batch, L, heads, n, n)``."""
+        return as_attention_stack(self.attentions, name="recorder.attentions")[0]
+
+
+def _mask_from_call(model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The ``(batch, n)`` padding mask (``True`` = real token) among the model call's arguments."""
+    try:
+        arguments = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        arguments = kwargs
+    for name, marks_padding in MASK_ARGUMENTS.items():
+        mask = arguments.get(name)
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            if marks_padding:
+                return live_tokens_from_key_padding_mask(mask).detach()
+            return mask.detach().bool()
+    return None
