@@ -1,0 +1,23 @@
+"""Captum attribution classes for attention-based explanations.
+
+One class per method, all sharing :class:`AttentionAttribution`'s call signature:
+:class:`RawAttention`, :class:`AttentionRollout`, :class:`AttentionFlow` (Abnar & Zuidema 2020)
+and the class-specific :class:`GradientWeightedRollout` (Chefer et al. 2021);
+:func:`patch_grid` lays ViT token scores out on the patch grid.
+"""
+
+from captum_attnflow.attr.base import AttentionAttribution
+from captum_attnflow.attr.flow import AttentionFlow
+from captum_attnflow.attr.gradient import GradientWeightedRollout
+from captum_attnflow.attr.raw import RawAttention
+from captum_attnflow.attr.rollout import AttentionRollout
+from captum_attnflow.attr.vision import patch_grid
+
+__all__ = [
+    "AttentionAttribution",
+    "AttentionFlow",
+    "AttentionRollout",
+    "GradientWeightedRollout",
+    "RawAttention",
+    "patch_grid",
+]

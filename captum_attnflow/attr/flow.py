@@ -1,0 +1,61 @@
+"""Attention flow as a Captum attribution method."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from captum_attnflow.attr.base import AttentionAttribution
+from captum_attnflow.flow import attention_flow, head_flow
+
+
+class AttentionFlow(AttentionAttribution):
+    r"""
+    Attention flow (Abnar & Zuidema 2020, §3): the attention graph is a layered DAG with nodes
+    ``(l, j)`` and arcs ``(l, i) -> (l-1, j)`` of capacity ``Â_l[i, j] = 0.5·A_l[i, j] +
+    0.5·I[i, j]`` (heads fused). The attribution of output position ``i`` at layer ``l`` to
+    input token ``j`` is the maximum flow from ``(l, i)`` to ``(0, j)``, normalised over ``j``.
+    Unlike rollout, which multiplies proportions, flow treats attention weights as capacities,
+    so a token gets credit for the widest set of paths to it.
+
+    Flow is the expensive method: one max-flow problem per input token, output position and
+    layer (:func:`captum_attnflow.attention_flow`). Only the traced position is solved —
+    ``position="max"``/``"all"`` solve every position; a layer list solves each listed layer.
+    With ``head`` it gives the appendix A.1 per-head input attention
+    (:func:`captum_attnflow.head_flow`).
+
+    Example::
+
+        >>> flow = AttentionFlow(model)
+        >>> scores = flow.attribute(input_ids, additional_forward_args={"attention_mask": mask})
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        attention_layers: Sequence[nn.Module] | Sequence[str] | None = None,
+        extractor: Callable | None = None,
+        method: str = "auto",
+    ) -> None:
+        r"""
+        Args:
+
+            forward_func (Callable or torch.nn.Module): The model, or any function running it.
+            attention_layers (list of torch.nn.Module or str, optional): The self-attention
+                        modules (or name patterns), first layer first. Default: discovered.
+            extractor (Callable, optional): ``fn(module, args, kwargs, output)`` returning a
+                        module's attention ``(batch, heads, n, n)``. Default: built-in adapters.
+            method (str, optional): The exact max-flow solver, ``"auto"`` (the fastest
+                        available) or a name in :data:`captum_attnflow.maxflow.SOLVERS`.
+                        Default: "auto"
+        """
+        super().__init__(forward_func, attention_layers, extractor)
+        self.method = method
+
+    def graph_rows(self, attentions, mask, *, gradients, layers, positions, head, residual, head_fusion) -> Tensor:
+        options = dict(residual=residual, head_fusion=head_fusion, mask=mask, output_positions=positions, method=self.method)
+        if head is None:
+            return attention_flow(attentions, layers=sorted(set(layers)), **options)[:, layers]
+        return torch.stack([head_flow(attentions, layer=index, head=head, **options)[:, 0] for index in layers], dim=1)
