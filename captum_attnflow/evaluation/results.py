@@ -1,0 +1,236 @@
+"""Results of an evaluation: the per-example stream on disk and the summary table.
+
+* :class:`ResultStore` appends one JSON line per example to ``DIR/examples.jsonl`` as soon as the
+  example is finished (``status`` ``"ok"``, ``"error"`` with its message, or ``"lost"`` when the
+  worker computing it died) and keeps the run's settings in ``DIR/config.json``. Reopened with
+  ``resume=True`` it reads what is there — dropping a line cut short by a kill — and tells the
+  runner which examples are already done.
+* :class:`ResultTable` is the tidy summary: one record per (method, layer, metric) with mean,
+  population std, a 95% percentile-bootstrap interval of the mean, and how many examples had a
+  defined value.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from captum_attnflow.evaluation.faithfulness import bootstrap_interval
+from captum_attnflow.metrics import summarize
+
+#: metric names, in table order, and what they mean
+METRICS: dict[str, str] = {
+    "spearman_blank_out": "Spearman rho with blank-out scores (higher: closer to the model's own ablation)",
+    "spearman_gradient": "Spearman rho with input-gradient scores",
+    "aopc_comprehensiveness": "AOPC comprehensiveness, p(y|x) - p(y|x without top-k) (higher is better)",
+    "aopc_sufficiency": "AOPC sufficiency, p(y|x) - p(y|only top-k) (lower is better)",
+}
+COLUMNS: tuple[str, ...] = ("method", "layer", "metric", "mean", "std", "ci_low", "ci_high", "count", "undefined")
+EXAMPLES_FILE = "examples.jsonl"
+CONFIG_FILE = "config.json"
+DONE_STATUSES = ("ok", "error")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with numpy types turned into Python ones and NaN/inf floats into ``None``."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class ResultStore:
+    """Per-example results, kept in memory and, with a directory, streamed to ``examples.jsonl``.
+
+    Args:
+        directory: output folder (created), or ``None`` to keep results in memory only.
+        config: the run's settings; with ``resume`` they must equal the stored ones.
+        resume: continue a run found in ``directory``.
+
+    Raises:
+        ValueError: ``directory`` is a file; it already holds results and ``resume`` is False; or
+            ``resume`` finds different settings or a corrupt line before the last one.
+    """
+
+    def __init__(self, directory: str | Path | None, config: Mapping[str, Any], *, resume: bool = False) -> None:
+        self.directory = None if directory is None else Path(directory)
+        self.records: dict[int, dict[str, Any]] = {}
+        config = json_safe(dict(config))
+        if self.directory is None:
+            return
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ValueError(f"out={str(self.directory)!r} is a file; pass a directory for the results.")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        examples = self.directory / EXAMPLES_FILE
+        if examples.exists() and examples.stat().st_size > 0:
+            if not resume:
+                raise ValueError(
+                    f"{self.directory} already holds results ({EXAMPLES_FILE}); pass resume=True "
+                    f"(--resume) to continue that run, or choose another output directory."
+                )
+            self._check_config(config)
+            self._load(examples)
+        (self.directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        self._stream = examples.open("a", encoding="utf-8")
+
+    def _check_config(self, config: dict[str, Any]) -> None:
+        path = self.directory / CONFIG_FILE
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        differing = sorted(key for key in set(stored) | set(config) if stored.get(key) != config.get(key))
+        if differing:
+            details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {config.get(k)!r}" for k in differing)
+            raise ValueError(
+                f"cannot resume {self.directory}: its run used other settings ({details}). Resume "
+                f"with the same settings or choose another output directory."
+            )
+
+    def _load(self, path: Path) -> None:
+        data = path.read_bytes()
+        lines = data.splitlines(keepends=True)
+        keep = 0  # bytes of complete, valid lines
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    if number < len(lines):
+                        raise ValueError(f"{path} line {number} is corrupt (not JSON); fix or delete it.") from None
+                    break  # the line a kill cut short
+                self.records[int(record["index"])] = record
+            keep += len(line)
+        with path.open("r+b") as handle:
+            handle.truncate(keep)
+            if keep and not data[:keep].endswith(b"\n"):
+                handle.seek(keep)
+                handle.write(b"\n")
+
+    def done(self) -> set[int]:
+        """Indices of examples finished in an earlier or this run (``ok`` or ``error``)."""
+        return {index for index, record in self.records.items() if record["status"] in DONE_STATUSES}
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Keep ``record`` (the latest record of an index wins) and append it to the stream."""
+        record = json_safe(dict(record))
+        self.records[int(record["index"])] = record
+        if self.directory is not None:
+            self._stream.write(json.dumps(record, sort_keys=True) + "\n")
+            self._stream.flush()
+
+    def close(self) -> None:
+        if self.directory is not None:
+            self._stream.close()
+
+    def by_status(self, status: str) -> list[dict[str, Any]]:
+        """Records with ``status``, sorted by example index."""
+        return [self.records[i] for i in sorted(self.records) if self.records[i]["status"] == status]
+
+
+class ResultTable:
+    """Tidy summary: a list of records with the keys of :data:`COLUMNS`.
+
+    ``layer`` is 1-based for per-layer (attention) methods and ``None`` for the others; ``mean``
+    and ``std`` (population) are over the examples with a defined value (``count``; Spearman's ρ is
+    undefined for constant scores, counted in ``undefined``); ``ci_low``/``ci_high`` bound a
+    percentile-bootstrap interval of the mean.
+    """
+
+    def __init__(self, records: Sequence[Mapping[str, Any]]) -> None:
+        self.records = [dict(r) for r in records]
+
+    @classmethod
+    def from_examples(
+        cls,
+        examples: Sequence[Mapping[str, Any]],
+        per_layer: Mapping[str, bool],
+        *,
+        confidence: float = 0.95,
+        resamples: int = 1000,
+        seed: int = 0,
+    ) -> "ResultTable":
+        """Summarise the ``metrics`` of ``ok`` example records (see :class:`ResultStore`).
+
+        Args:
+            examples: per-example records, each with ``metrics[method][metric]`` = a list with one
+                value per layer row (``None`` for undefined).
+            per_layer: method name -> whether its rows are layers ``1..L``.
+            confidence, resamples, seed: of the bootstrap interval.
+        """
+        rows = []
+        for method, layered in per_layer.items():
+            for metric in METRICS:
+                values = [e["metrics"][method][metric] for e in examples]
+                if not values:
+                    continue
+                array = np.array(values, dtype=np.float64)
+                summary = summarize(array)
+                for row in range(array.shape[1]):
+                    low, high = bootstrap_interval(array[:, row], confidence=confidence, resamples=resamples, seed=seed)
+                    rows.append({
+                        "method": method, "layer": row + 1 if layered else None, "metric": metric,
+                        "mean": float(summary.mean[row]), "std": float(summary.std[row]),
+                        "ci_low": low, "ci_high": high,
+                        "count": int(summary.count[row]), "undefined": int(summary.undefined[row]),
+                    })
+        return cls(rows)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.records)
+
+    def to_pandas(self):
+        """The records as a ``pandas.DataFrame`` (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise ImportError("to_pandas() needs pandas: pip install pandas (or use .records).") from error
+        return pd.DataFrame(self.records, columns=list(COLUMNS))
+
+    def to_csv(self, path: str | Path) -> None:
+        """Write the records as CSV (empty cells for ``None``/NaN)."""
+        with Path(path).open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(json_safe(self.records))
+
+    def to_json(self, path: str | Path) -> None:
+        """Write the records as a JSON list (``null`` for NaN)."""
+        Path(path).write_text(json.dumps(json_safe(self.records), indent=2) + "\n", encoding="utf-8")
+
+    def __str__(self) -> str:
+        """One block per metric: rows = methods, columns = layers, cells ``mean±std [ci]``."""
+        blocks = []
+        for metric, meaning in METRICS.items():
+            rows = [r for r in self.records if r["metric"] == metric]
+            if not rows:
+                continue
+            layers = sorted({r["layer"] for r in rows if r["layer"] is not None})
+            columns = [f"L{layer}" for layer in layers] + (["all"] if any(r["layer"] is None for r in rows) else [])
+            methods = list(dict.fromkeys(r["method"] for r in rows))
+            cells = {(r["method"], "all" if r["layer"] is None else f"L{r['layer']}"): _cell(r) for r in rows}
+            width = max(len(c) for c in list(cells.values()) + columns)
+            name_width = max(len(m) for m in methods + ["method"])
+            lines = [f"{metric}: {meaning}", " ".join([f"{'method':{name_width}s}"] + [f"{c:>{width}s}" for c in columns])]
+            for method in methods:
+                lines.append(" ".join([f"{method:{name_width}s}"] + [f"{cells.get((method, c), ''):>{width}s}" for c in columns]))
+            blocks.append("\n".join(lines))
+        return "\n\n".join(blocks)
+
+
+def _cell(record: Mapping[str, Any]) -> str:
+    if record["count"] == 0:
+        return "n/a"
+    return f"{record['mean']:.2f}±{record['std']:.2f} [{record['ci_low']:.2f},{record['ci_high']:.2f}]"
