@@ -107,3 +107,37 @@ class HFClassifier(Classifier):
     @property
     def embedding_layer(self):
         return self.model.get_input_embeddings()
+
+
+class AgreementClassifier(Classifier):
+    """:class:`Classifier` for the built-in verb-agreement model
+    (:class:`captum_attnflow.agreement.model.AgreementModel`).
+
+    Args:
+        model: the agreement model (``model(ids, mask)`` -> logits ``(batch, 2)``;
+            ``output_attentions=True`` -> ``(logits, attentions)``); put in eval mode.
+        blank_id: the ``[UNK]`` id (the paper's blank).
+        pad_id: the ``[PAD]`` id.
+    """
+
+    def __init__(self, model: nn.Module, *, blank_id: int, pad_id: int) -> None:
+        self.model = model.eval()
+        self.blank_id = int(blank_id)
+        self.pad_id = int(pad_id)
+        self.max_length = model.config.max_tokens
+
+    def probabilities(self, input_ids, attention_mask):
+        return self.model(input_ids, attention_mask).softmax(-1)
+
+    def probabilities_from_embeddings(self, inputs_embeds, attention_mask):
+        return self.model(attention_mask=attention_mask, inputs_embeds=inputs_embeds).softmax(-1)
+
+    def embed(self, input_ids):
+        return self.model.embed(input_ids)
+
+    def attentions(self, input_ids, attention_mask):
+        return self.model(input_ids, attention_mask, output_attentions=True)[1]
+
+    @property
+    def embedding_layer(self):
+        return self.model.encoder.wte

@@ -1,0 +1,202 @@
+"""``captum-attnflow evaluate``: faithfulness of attention and Captum methods over a dataset.
+
+Scores every example with the chosen methods, correlates them (Spearman, per layer for attention
+methods) with blank-out and input gradients, measures AOPC comprehensiveness and sufficiency,
+and writes to --out DIR:
+
+  examples.jsonl  one line per example, streamed (scores, metrics, or the example's error)
+  config.json     the settings (--resume checks them)
+  results.csv     the summary table: method, layer, metric, mean, std, 95% bootstrap CI, count
+  results.json    the same table plus the numbers of finished, failed and lost examples
+
+Models and data:
+  --model agreement           the shipped verb-agreement model; --data agreement (its test split)
+  --model DIR                 a local Hugging Face sequence-classification model + tokenizer;
+                              --data FILE.txt (one text per line, target = predicted class) or
+                              FILE.csv (column "text", optional column "label": index or name)
+
+Flow is solved in --workers N local processes (default: in-process) or on a Dask cluster
+(--dask ADDRESS). An interrupted run continues with --resume; examples lost with a dead worker
+are listed and rerun by --resume (exit status 3 while any are lost).
+
+Example:
+  captum-attnflow evaluate --model agreement --data agreement --examples 200 \\
+      --methods raw,rollout,flow,ig,occlusion --workers 2 --out eval-agreement
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+HELP = "faithfulness of raw/rollout/flow and Captum methods over a dataset (parallel, resumable)"
+EXIT_LOST = 3
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
+def _position(text: str):
+    return text if text == "max" else int(text)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="'agreement' or a local Hugging Face model directory")
+    parser.add_argument("--data", help="'agreement' (default with --model agreement) or a .txt/.csv file")
+    parser.add_argument("--methods", default="raw,rollout,flow",
+                        help="comma-separated: raw,rollout,flow,saliency,ixg,ig,occlusion,ablation (default raw,rollout,flow)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--workers", type=int, default=0, help="local worker processes for flow (default 0: in-process)")
+    parser.add_argument("--dask", metavar="ADDRESS", help="solve flow on the Dask scheduler at ADDRESS instead")
+    parser.add_argument("--examples", type=int, help="evaluate only the first N examples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the agreement data and the bootstrap (default 0)")
+    parser.add_argument("--batch-size", type=int, default=8, help="examples per padded batch (default 8)")
+    parser.add_argument("--position", type=_position, default=0,
+                        help="query traced by attention methods (default 0 = [CLS]; -1 = last token; 'max')")
+    parser.add_argument("--protect", type=_ints, default=[0, -1],
+                        help="positions AOPC never perturbs (default 0,-1: [CLS] and [SEP]/[END])")
+    parser.add_argument("--fractions", type=_floats, default=[0.1, 0.2, 0.3, 0.4, 0.5],
+                        help="AOPC fractions of tokens (default 0.1,0.2,0.3,0.4,0.5)")
+    parser.add_argument("--deletion", choices=("blank", "remove"), default="blank",
+                        help="AOPC deletes a token by the blank id or by removing it (default blank)")
+    parser.add_argument("--gradient-reduction", choices=("abs_sum", "l2", "sum"), default="abs_sum",
+                        help="per-token reduction of gradients (default abs_sum = |sum_d g_d|, the paper)")
+    parser.add_argument("--max-length", type=int, help="maximum tokens per example (default: the model's)")
+    parser.add_argument("--truncation", choices=("warn", "error"), default="warn",
+                        help="too-long examples: cut with a warning, or record as failed (default warn)")
+    parser.add_argument("--flow-solver", default="auto", help="max-flow solver (default auto: the fastest exact one)")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _agreement(args):
+    from captum_attnflow.agreement.data import PAD, UNK, encode, generate_splits, vocabulary
+    from captum_attnflow.agreement.model import load_checkpoint, shipped_checkpoint_path
+    from captum_attnflow.evaluation.models import AgreementClassifier
+
+    if args.data not in (None, "agreement"):
+        raise ValueError("--model agreement evaluates its own generated data; use --data agreement (or omit --data).")
+    model, _ = load_checkpoint(shipped_checkpoint_path())
+    words = vocabulary()
+    classifier = AgreementClassifier(model, blank_id=words.index(UNK), pad_id=words.index(PAD))
+    test = generate_splits(args.seed).test
+    if args.examples is not None:
+        test = test[: args.examples]
+    return classifier, [(ids, e.label) for ids, e in zip(encode(test), test)]
+
+
+def _texts(path: Path, label2id: dict[str, int]) -> list[tuple[str, int | None]]:
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or "text" not in reader.fieldnames:
+                raise ValueError(f"{path} needs a header with a 'text' column (and optionally 'label'); got {reader.fieldnames}.")
+            rows = list(reader)
+        out = []
+        for number, row in enumerate(rows, 2):
+            label = (row.get("label") or "").strip()
+            if label and not label.lstrip("-").isdigit() and label not in label2id:
+                raise ValueError(f"{path} line {number}: unknown label {label!r}; use a class index or one of {sorted(label2id)}.")
+            out.append((row["text"], None if not label else int(label) if label.lstrip("-").isdigit() else label2id[label]))
+        return out
+    if path.suffix.lower() == ".txt":
+        return [(line.rstrip("\n"), None) for line in path.read_text(encoding="utf-8").splitlines()]
+    raise ValueError(f"--data {path}: use a .txt file (one example per line) or a .csv file with a 'text' column.")
+
+
+def _huggingface(args):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from captum_attnflow.evaluation.models import HFClassifier
+
+    directory = Path(args.model)
+    if not directory.is_dir():
+        raise ValueError(f"--model {args.model!r} is neither 'agreement' nor a local model directory.")
+    if args.data is None:
+        raise ValueError("--data is required with a Hugging Face model: a .txt or .csv file of examples.")
+    data_path = Path(args.data)
+    if not data_path.is_file():
+        raise ValueError(f"--data {args.data!r} is not a file.")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForSequenceClassification.from_pretrained(directory, attn_implementation="eager")
+    blank_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.mask_token_id
+    classifier = HFClassifier(model, blank_id=blank_id, pad_id=tokenizer.pad_token_id)
+    texts = _texts(data_path, {str(k): int(v) for k, v in (model.config.label2id or {}).items()})
+    if args.examples is not None:
+        texts = texts[: args.examples]
+    # empty lines stay (recorded as failed) so that example numbers match the file's lines
+    return classifier, [
+        ((tokenizer(text, truncation=False)["input_ids"] if text.strip() else []), label) for text, label in texts
+    ]
+
+
+def _executor(args):
+    if args.dask and args.workers:
+        raise ValueError("choose --workers N (local processes) or --dask ADDRESS, not both.")
+    if args.dask:
+        from distributed import Client
+
+        client = Client(args.dask)
+        return client.get_executor(), client.close
+    if args.workers < 0:
+        raise ValueError(f"--workers must be 0 (in-process) or a positive number of processes; got {args.workers}.")
+    if args.workers:
+        from captum_attnflow.evaluation.runner import process_pool
+
+        pool = process_pool(args.workers)
+        return pool, pool.shutdown
+    return None, lambda: None
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from captum_attnflow.evaluation.runner import evaluate
+
+    torch.set_num_threads(1)
+    try:
+        classifier, data = _agreement(args) if args.model == "agreement" else _huggingface(args)
+        executor, close = _executor(args)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate(
+            classifier, data, args.methods, position=args.position, gradient_reduction=args.gradient_reduction,
+            fractions=args.fractions, deletion=args.deletion, protected=args.protect, batch_size=args.batch_size,
+            truncation=args.truncation, max_length=args.max_length, executor=executor, out=args.out,
+            resume=args.resume, progress=not args.no_progress, flow_solver=args.flow_solver,
+            resamples=args.resamples, seed=args.seed,
+        )
+    except (ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        close()
+    out = Path(args.out)
+    result.table.to_csv(out / "results.csv")
+    summary = {
+        "finished": len(result.examples), "failed": len(result.errors), "lost": sorted(result.lost),
+        "errors": {str(k): v for k, v in result.errors.items()}, "table": result.table.records,
+    }
+    from captum_attnflow.evaluation.results import json_safe
+
+    (out / "results.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n", encoding="utf-8")
+    print(result.table)
+    print(f"\n{len(result.examples)} examples evaluated, {len(result.errors)} failed, {len(result.lost)} lost; results in {out}")
+    for index, message in sorted(result.errors.items())[:10]:
+        print(f"  example {index} failed: {message}")
+    if result.lost:
+        print(f"lost (worker died): examples {sorted(result.lost)}; run again with --resume to finish them",
+              file=sys.stderr)
+        return EXIT_LOST
+    return 0
