@@ -14,6 +14,7 @@ import sys
 #: command name -> module implementing it
 COMMANDS: dict[str, str] = {
     "demo": "captum_attnflow.demo",
+    "reproduce": "captum_attnflow.reproduce",
     "evaluate": "captum_attnflow.evaluation.command",
 }
 
