@@ -1,4 +1,8 @@
-"""AttentionRecorder on tiny randomly initialised Hugging Face transformers models."""
+"""AttentionRecorder on tiny randomly initialised Hugging Face transformers models.
+
+Every family runs with SDPA (the transformers 5.x default) and with eager attention; the
+reference is the model's own eager ``output_attentions``.
+"""
 
 import pytest
 import torch
@@ -8,118 +12,180 @@ transformers = pytest.importorskip("transformers")
 from captum_attnflow import rollout  # noqa: E402
 from captum_attnflow.capture import AttentionRecorder  # noqa: E402
 
-VOCAB, N, BATCH = 40, 7, 2
+VOCAB, N, BATCH, HEADS, LAYERS = 40, 7, 2, 4, 2
+SMALL = dict(hidden_size=16, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=32)
+
+
+def _text_inputs(padding_side):
+    ids = torch.randint(3, VOCAB, (BATCH, N), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(BATCH, N, dtype=torch.long)
+    if padding_side == "right":
+        mask[1, N - 2 :] = 0
+    else:  # decoder batches are padded on the left
+        mask[1, :2] = 0
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _bert():
-    config = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=3, num_attention_heads=4,
-        intermediate_size=32, max_position_embeddings=32,
+    config = transformers.BertConfig(vocab_size=VOCAB, max_position_embeddings=32, **SMALL)
+    names = [f"encoder.layer.{i}.attention.self" for i in range(LAYERS)]
+    return transformers.BertModel(config), _text_inputs("right"), names
+
+
+def _roberta():
+    config = transformers.RobertaConfig(vocab_size=VOCAB, max_position_embeddings=32, pad_token_id=1, **SMALL)
+    names = [f"encoder.layer.{i}.attention.self" for i in range(LAYERS)]
+    return transformers.RobertaForSequenceClassification(config), _text_inputs("right"), [f"roberta.{n}" for n in names]
+
+
+def _distilbert():
+    config = transformers.DistilBertConfig(
+        vocab_size=VOCAB, dim=16, n_layers=LAYERS, n_heads=HEADS, hidden_dim=32, max_position_embeddings=32
     )
-    names = [f"encoder.layer.{i}.attention.self" for i in range(3)]
-    return transformers.BertModel(config), names, "right"
+    names = [f"transformer.layer.{i}.attention" for i in range(LAYERS)]
+    return transformers.DistilBertModel(config), _text_inputs("right"), names
 
 
 def _gpt2():
     config = transformers.GPT2Config(
-        vocab_size=VOCAB, n_embd=16, n_layer=3, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0
+        vocab_size=VOCAB, n_embd=16, n_layer=LAYERS, n_head=HEADS, n_positions=32, bos_token_id=0, eos_token_id=0
     )
-    names = [f"transformer.h.{i}.attn" for i in range(3)]
-    return transformers.GPT2LMHeadModel(config), names, "left"
+    names = [f"transformer.h.{i}.attn" for i in range(LAYERS)]
+    return transformers.GPT2LMHeadModel(config), _text_inputs("left"), names
 
 
-FAMILIES = {"bert": _bert, "gpt2": _gpt2}
+def _vit():
+    config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=3, **SMALL)
+    pixels = torch.randn(BATCH, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    model = transformers.ViTModel(config)
+    names = [name for name, module in model.named_modules() if type(module).__name__ == "ViTAttention"]
+    assert len(names) == LAYERS
+    return model, {"pixel_values": pixels}, names
 
 
-def _inputs(padding_side):
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, VOCAB, (BATCH, N), generator=generator)
-    mask = torch.ones(BATCH, N, dtype=torch.long)
-    if padding_side == "right":
-        mask[1, N - 2 :] = 0
-    else:
-        mask[1, :2] = 0
-    return ids, mask
+def _llama_gqa():
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, num_key_value_heads=HEADS // 2, max_position_embeddings=32, **SMALL
+    )
+    names = [f"model.layers.{i}.self_attn" for i in range(LAYERS)]
+    return transformers.LlamaForCausalLM(config), _text_inputs("left"), names
 
 
-def _model_output(output):
+def _qwen2_gqa():
+    config = transformers.Qwen2Config(
+        vocab_size=VOCAB, num_key_value_heads=HEADS // 2, max_position_embeddings=32, **SMALL
+    )
+    names = [f"model.layers.{i}.self_attn" for i in range(LAYERS)]
+    inputs = _text_inputs("left")
+    del inputs["attention_mask"]  # no mask: transformers takes SDPA's is_causal + enable_gqa route
+    return transformers.Qwen2ForCausalLM(config), inputs, names
+
+
+FAMILIES = {
+    "bert": _bert,
+    "roberta": _roberta,
+    "distilbert": _distilbert,
+    "gpt2": _gpt2,
+    "vit": _vit,
+    "llama-gqa": _llama_gqa,
+    "qwen2-gqa": _qwen2_gqa,
+}
+CAUSAL = {"gpt2", "llama-gqa", "qwen2-gqa"}
+
+
+def _first_output(output):
     return output.logits if hasattr(output, "logits") else output.last_hidden_state
+
+
+def _live(inputs, n):
+    mask = inputs.get("attention_mask")
+    return torch.ones(BATCH, n, dtype=torch.bool) if mask is None else mask.bool()
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family(request):
     torch.manual_seed(0)
-    model, names, padding_side = FAMILIES[request.param]()
+    model, inputs, names = FAMILIES[request.param]()
     model.eval()
-    ids, mask = _inputs(padding_side)
     model.set_attn_implementation("eager")
     with torch.no_grad():
-        reference = model(ids, attention_mask=mask, output_attentions=True)
-    return model, names, ids, mask, reference
+        reference = model(**inputs, output_attentions=True).attentions
+    assert len(reference) == LAYERS and reference[0].shape[1] == HEADS
+    return request.param, model, inputs, names, list(reference)
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_recorded_attention_equals_output_attentions(family, implementation):
-    model, names, ids, mask, reference = family
+    _, model, inputs, names, reference = family
     model.set_attn_implementation(implementation)
     assert model.config._attn_implementation == implementation
     with torch.no_grad():
-        plain = _model_output(model(ids, attention_mask=mask))
+        plain = _first_output(model(**inputs))
         with AttentionRecorder(model) as recorder:
-            output = _model_output(model(ids, attention_mask=mask))
-    live = mask.bool()
-    # The recorder does not change what the model computes (padded positions aside).
-    torch.testing.assert_close(output[live], plain[live], atol=1e-5, rtol=0)
+            output = _first_output(model(**inputs))
+    n = reference[0].shape[-1]
+    live = _live(inputs, n)
+    # Recording does not change what the model computes (rows of padded queries aside: eager
+    # attends uniformly there, SDPA gives zero weights).
+    if output.shape[1] == n:
+        torch.testing.assert_close(output[live], plain[live], atol=1e-5, rtol=0)
+    else:
+        torch.testing.assert_close(output, plain, atol=1e-5, rtol=0)
     assert recorder.layers == names
-    assert torch.equal(recorder.mask, live)
-    assert len(recorder.attentions) == len(reference.attentions)
-    for recorded, expected in zip(recorder.attentions, reference.attentions):
-        assert recorded.shape == expected.shape == (BATCH, 4, N, N)
+    if "attention_mask" in inputs:
+        assert torch.equal(recorder.mask, live)
+    else:
+        assert recorder.mask is None
+    assert len(recorder.attentions) == LAYERS
+    for recorded, expected in zip(recorder.attentions, reference):
+        assert recorded.shape == expected.shape == (BATCH, HEADS, n, n)
         assert not recorded.requires_grad
-        # Rows of padded queries are arbitrary (eager: uniform, SDPA: zero); live rows must agree.
-        torch.testing.assert_close(recorded[:, :, live[1]][1], expected[:, :, live[1]][1], atol=1e-6, rtol=0)
-        torch.testing.assert_close(recorded[0], expected[0], atol=1e-6, rtol=0)
+        for b in range(BATCH):
+            torch.testing.assert_close(recorded[b][:, live[b]], expected[b][:, live[b]], atol=1e-6, rtol=0)
     torch.testing.assert_close(
-        rollout(recorder.attentions, mask=recorder.mask), rollout(list(reference.attentions), mask=mask), atol=1e-6, rtol=0
+        rollout(recorder.attentions, mask=recorder.mask), rollout(reference, mask=recorder.mask), atol=1e-6, rtol=0
     )
-    assert recorder.stack().shape == (BATCH, 3, 4, N, N)
+    torch.testing.assert_close(recorder.stack(), torch.stack(recorder.attentions, dim=1))
 
 
-@pytest.mark.parametrize("head_fusion", ["mean", "max", "min"])
-def test_head_fused_capture_gives_same_rollout(family, head_fusion):
-    model, _, ids, mask, reference = family
+def test_head_fused_capture_gives_same_rollout(family):
+    _, model, inputs, _, reference = family
     model.set_attn_implementation("sdpa")
-    with torch.no_grad(), AttentionRecorder(model, head_fusion=head_fusion) as recorder:
-        model(ids, attention_mask=mask)
-    assert all(layer.shape == (BATCH, 1, N, N) for layer in recorder.attentions)
-    expected = rollout(list(reference.attentions), head_fusion=head_fusion, mask=mask)
-    torch.testing.assert_close(rollout(recorder.attentions, mask=recorder.mask), expected, atol=1e-6, rtol=0)
+    for head_fusion in ("mean", "max", "min"):
+        with torch.no_grad(), AttentionRecorder(model, head_fusion=head_fusion) as recorder:
+            model(**inputs)
+        n = reference[0].shape[-1]
+        assert all(layer.shape == (BATCH, 1, n, n) for layer in recorder.attentions)
+        expected = rollout(reference, head_fusion=head_fusion, mask=recorder.mask)
+        # max/min-fused rows do not sum to 1: rollout must renormalise them (mean ones do).
+        fused = rollout(recorder.attentions, mask=recorder.mask, renormalize=head_fusion != "mean")
+        torch.testing.assert_close(fused, expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_keep_graph_gives_attention_gradients(family, implementation):
-    model, _, ids, mask, _ = family
+    _, model, inputs, _, _ = family
     model.set_attn_implementation(implementation)
     with AttentionRecorder(model, keep_graph=True) as recorder:
-        output = _model_output(model(ids, attention_mask=mask))
+        output = model(**inputs, output_hidden_states=True).hidden_states[-1]
     # A random projection: the plain sum of a LayerNorm output has zero gradient.
-    weights = torch.randn(output.shape[-1], generator=torch.Generator().manual_seed(2))
-    (output[0, -1] * weights).sum().backward()
+    projection = torch.randn(output.shape[-1], generator=torch.Generator().manual_seed(2))
+    (output[0, -1] * projection).sum().backward()
     model.zero_grad()
     for layer in recorder.attentions:
         assert layer.requires_grad and layer.grad is not None and layer.grad.shape == layer.shape
-    # The last layer's gradient is non-zero only in the rows that feed output position -1.
-    last = recorder.attentions[-1].grad[0].abs().sum(dim=(0, 2))
-    assert last[-1] > 0 and torch.all(last[:-1] == 0)
+    # The last layer's gradient is non-zero exactly in the row that feeds output position -1.
+    rows = recorder.attentions[-1].grad[0].abs().sum(dim=(0, 2))
+    assert rows[-1] > 0 and torch.all(rows[:-1] == 0)
 
 
-def test_gpt2_causal_attention_is_lower_triangular(family):
-    model, names, ids, mask, _ = family
-    if not names[0].startswith("transformer.h"):
-        pytest.skip("causal model only")
-    model.set_attn_implementation("sdpa")
+@pytest.mark.parametrize("name", sorted(CAUSAL))
+def test_causal_models_record_lower_triangular_attention(name):
+    torch.manual_seed(0)
+    model, inputs, _ = FAMILIES[name]()
+    model.eval()
     with torch.no_grad(), AttentionRecorder(model) as recorder:
-        model(ids)  # no attention_mask: SDPA runs with is_causal=True
+        model(input_ids=inputs["input_ids"])  # no mask: SDPA's is_causal flag does the masking
     assert recorder.mask is None
     for layer in recorder.attentions:
         assert torch.all(layer.triu(diagonal=1) == 0)

@@ -123,8 +123,9 @@ class AttentionRecorder:
             recorded module's attention weights; replaces rules 2 and 3 above for every layer.
         head_fusion: ``None`` keeps every head. ``"mean"``, ``"max"`` or ``"min"`` fuses the heads
             inside the hook, so only ``L`` matrices ``(batch, 1, n, n)`` are kept (memory
-            ``O(L·n²)`` instead of ``O(L·H·n²)``). Rollout/flow with ``head_fusion="mean"`` of the
-            full recording equal rollout/flow of a ``"mean"``-fused recording.
+            ``O(L·n²)`` instead of ``O(L·H·n²)``). Rollout/flow of the full recording with
+            ``head_fusion=h`` equal rollout/flow of an ``h``-fused recording; ``"max"``/``"min"``
+            rows do not sum to 1, so pass ``renormalize=True`` to rollout/flow for those.
         keep_graph: ``False`` (default) stores detached tensors. ``True`` keeps the recorded
             attention attached to the autograd graph and calls ``retain_grad()`` on it, so that
             after ``output.backward()`` ``recorder.attentions[l].grad`` holds the gradient of the
