@@ -248,7 +248,7 @@ def compare_attributions(
             )
             scores = reduce_gradients(attributions.detach(), gradient_reduction)
         else:
-            embeddings = _hooked_output(embedding_layer, scores_of, (input_ids, *extra))
+            embeddings = _hooked_output(embedding_layer, scores_of, (input_ids, *extra)).requires_grad_()
             embedded = _embedding_forward(embedding_layer, scores_of, input_ids)
             if name == "saliency":
                 attributions = Saliency(embedded).attribute(embeddings, target=target, abs=False, additional_forward_args=extra)
@@ -277,7 +277,7 @@ def format_table(
         tokens: the example's ``n`` token strings (default: the positions ``0..n-1``).
         example: which example of the batch.
         mask: optional ``(batch, n)`` padding mask; padded tokens are left out.
-        digits: decimals per value.
+        digits: significant digits per value.
 
     Returns:
         The table as a string (no trailing newline).
@@ -296,10 +296,10 @@ def format_table(
     if len(tokens) != n:
         raise ValueError(f"tokens has {len(tokens)} entries but the scores have n = {n} tokens.")
     keep = range(n) if mask is None else mask[example].nonzero().flatten().tolist()
-    width = max(digits + 4, *(len(name) for name in scores))
-    token_width = max(5, *(len(tokens[j]) for j in keep))
-    lines = [" ".join([f"{'token':<{token_width}}"] + [f"{name:>{width}}" for name in scores])]
-    for j in keep:
-        values = [f"{float(value[example, j]):>{width}.{digits}f}" for value in scores.values()]
-        lines.append(" ".join([f"{tokens[j]:<{token_width}}"] + values))
+    cells = {name: [f"{float(value[example, j]):.{digits}g}" for j in keep] for name, value in scores.items()}
+    widths = {name: max(len(name), *(len(cell) for cell in column)) for name, column in cells.items()}
+    token_width = max(len("token"), *(len(tokens[j]) for j in keep))
+    lines = ["  ".join([f"{'token':<{token_width}}"] + [f"{name:>{widths[name]}}" for name in cells])]
+    for row, j in enumerate(keep):
+        lines.append("  ".join([f"{tokens[j]:<{token_width}}"] + [f"{cells[name][row]:>{widths[name]}}" for name in cells]))
     return "\n".join(lines)
