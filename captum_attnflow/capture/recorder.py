@@ -21,8 +21,10 @@ from captum_attnflow.capture.sdpa import SDPAInterceptor
 from captum_attnflow.capture.torch_mha import (
     MHACall,
     live_tokens_from_key_padding_mask,
+    per_head_weights,
     prepare_mha_call,
     restore_mha_output,
+    route_gradient_to_weights,
 )
 from captum_attnflow.graph import HEAD_FUSIONS, as_attention_stack, fuse_heads
 
@@ -68,17 +70,21 @@ class AttentionRecorder:
     **Where the weights come from.** For each call of a recorded module, in this order:
 
     1. ``extractor(module, args, kwargs, output)`` when one is given (custom modules).
-    2. A call of ``F.scaled_dot_product_attention`` inside the module (Hugging Face
+    2. ``torch.nn.MultiheadAttention``: the recorder rewrites every call to
+       ``need_weights=True, average_attn_weights=False`` so that PyTorch computes the per-head
+       weights, and hands the caller the output it asked for (``need_weights=False`` — as
+       ``nn.TransformerEncoderLayer`` calls it — gives ``None``, averaged weights stay averaged);
+       see :mod:`~captum_attnflow.capture.torch_mha`.
+    3. A call of ``F.scaled_dot_product_attention`` inside the module (Hugging Face
        ``attn_implementation="sdpa"``, the transformers 5.x default; timm-style fused attention;
-       ``nn.MultiheadAttention``, which the recorder calls with ``need_weights=False`` so that it
-       takes this route). While a recorded module runs, the recorder evaluates SDPA calls with
+       hand-written modules). While a recorded module runs, the recorder evaluates SDPA calls with
        the explicit math of PyTorch's SDPA reference, ``softmax(Q Kᵀ · scale + mask) · V``
        (causal flag, ``scale``, boolean and additive masks and grouped-query ``enable_gqa``
        honoured), instead of the fused kernel. The model's output is therefore computed from
        exactly the recorded weights (it equals the fused kernel's output up to floating-point
        rounding); nothing is recomputed after the fact and the model is never switched to
        another attention implementation.
-    3. Weights the module returns as ``output[1]`` (Hugging Face ``attn_implementation="eager"``):
+    4. Weights the module returns as ``output[1]`` (Hugging Face ``attn_implementation="eager"``):
        taken as they are — equal to ``output_attentions``.
 
     A module for which none of these yields weights (e.g. flash or flex attention) is an error
@@ -120,7 +126,7 @@ class AttentionRecorder:
             ``model`` and/or qualified-name patterns (``str``: ``fnmatch``, e.g.
             ``"encoder.layer.*.attention.self"``; compiled ``re.Pattern``: full match).
         extractor: ``fn(module, args, kwargs, output) -> Tensor (batch, heads, n, n)`` returning a
-            recorded module's attention weights; replaces rules 2 and 3 above for every layer.
+            recorded module's attention weights; replaces rules 2–4 above for every layer.
         head_fusion: ``None`` keeps every head. ``"mean"``, ``"max"`` or ``"min"`` fuses the heads
             inside the hook, so only ``L`` matrices ``(batch, 1, n, n)`` are kept (memory
             ``O(L·n²)`` instead of ``O(L·H·n²)``). Rollout/flow of the full recording with
@@ -246,13 +252,12 @@ class AttentionRecorder:
             self._calls.append(call)
             if self.extractor is not None:
                 return None
-            rewritten = None
             if isinstance(module, nn.MultiheadAttention):
                 args, kwargs, call.mha = prepare_mha_call(module, args, kwargs)
-                rewritten = (args, kwargs)
+                return args, kwargs
             call.interceptor = SDPAInterceptor(call.sdpa_weights.append)
             call.interceptor.__enter__()
-            return rewritten
+            return None
 
         return hook
 
@@ -267,7 +272,7 @@ class AttentionRecorder:
             if self._running is not None:  # None: the module was called outside a model call
                 self._store(call, weights)
             if call.mha is not None:
-                return restore_mha_output(output, call.mha, weights)
+                return restore_mha_output(output, call.mha)
             return None
 
         return hook
@@ -283,6 +288,9 @@ class AttentionRecorder:
         if self.extractor is not None:
             weights = self.extractor(module, args, kwargs, output)
             source = "the extractor"
+        elif call.mha is not None:
+            weights = per_head_weights(output, call.mha)
+            source = "nn.MultiheadAttention"
         elif len(call.sdpa_weights) > 1:
             raise ValueError(
                 f"{where} called F.scaled_dot_product_attention {len(call.sdpa_weights)} times in one "
@@ -339,7 +347,10 @@ class AttentionRecorder:
                     f"keep_graph=True but the attention of layer {name!r} does not require grad: run "
                     f"the forward pass with gradients enabled (not under torch.no_grad())."
                 )
-            weights.retain_grad()
+            if call.mha is not None:
+                route_gradient_to_weights(weights)
+            else:
+                weights.retain_grad()
         else:
             weights = weights.detach()
             if self.head_fusion is not None:

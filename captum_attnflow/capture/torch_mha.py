@@ -6,11 +6,13 @@ calls it with ``need_weights=False`` (and, in eval mode, may skip it altogether 
 "fast path", which the recorder switches off with ``torch.backends.mha.set_fastpath_enabled``
 while it is attached).
 
-The recorder rewrites each call to ``need_weights=False`` so that the module takes its
-``F.scaled_dot_product_attention`` branch, which :class:`~captum_attnflow.capture.sdpa.SDPAInterceptor`
-evaluates with per-head weights; afterwards the output is put back in the form the caller asked
-for (weights per head or averaged, or ``None``). Its ``key_padding_mask`` (``True`` = padding)
-becomes the recorder's padding mask (``True`` = real token).
+The recorder rewrites each call to ``need_weights=True, average_attn_weights=False``, so that
+PyTorch itself computes the per-head weights (its explicit ``softmax(QKᵀ/√d + mask)`` branch), and
+afterwards gives the caller the output it asked for (weights averaged, per head, or ``None``).
+Its ``key_padding_mask`` (``True`` or ``-inf`` = padding) becomes the recorder's padding mask
+(``True`` = real token). ``F.scaled_dot_product_attention`` interception cannot be used here:
+``F.multi_head_attention_forward`` is itself a ``__torch_function__`` entry point, and a
+``TorchFunctionMode`` does not see the calls made inside it.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ def live_tokens_from_key_padding_mask(key_padding_mask: torch.Tensor) -> torch.T
 
 
 def prepare_mha_call(module: nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[tuple, dict, MHACall]:
-    """Rewrite the arguments of an ``nn.MultiheadAttention`` call to ``need_weights=False``.
+    """Rewrite the arguments of an ``nn.MultiheadAttention`` call to return per-head weights.
 
     Returns:
-        ``(args, kwargs, call)``: the new arguments (all as keywords) and what the caller asked for.
+        ``(args, kwargs, call)``: the new arguments (all as keywords, with ``need_weights=True``
+        and ``average_attn_weights=False``) and what the caller asked for.
     """
     bound = inspect.signature(module.forward).bind(*args, **kwargs)
     bound.apply_defaults()
@@ -56,21 +59,48 @@ def prepare_mha_call(module: nn.MultiheadAttention, args: tuple, kwargs: dict) -
         is_self_attention=arguments["query"] is arguments["key"],
         key_padding_mask=arguments["key_padding_mask"],
     )
-    arguments["need_weights"] = False
+    arguments["need_weights"] = True
+    arguments["average_attn_weights"] = False
     return (), arguments, call
 
 
-def restore_mha_output(output: tuple, call: MHACall, weights: torch.Tensor) -> tuple:
-    """Give the caller the ``(attn_output, attn_weights)`` it asked for.
+def per_head_weights(output: tuple, call: MHACall) -> torch.Tensor:
+    """The ``(batch, heads, L, S)`` weights of a rewritten call's ``output``."""
+    weights = output[1]
+    return weights if call.batched else weights.unsqueeze(0)
+
+
+def restore_mha_output(output: tuple, call: MHACall) -> tuple:
+    """Give the caller the ``(attn_output, attn_weights)`` it asked for from a rewritten call."""
+    if not call.need_weights:
+        return output[0], None
+    weights = output[1]
+    if call.average_attn_weights:
+        weights = weights.mean(dim=-3)
+    return output[0], weights
+
+
+def route_gradient_to_weights(weights: torch.Tensor) -> None:
+    """Make ``weights.grad`` receive the gradient of the attention that multiplied the values.
+
+    The per-head weights ``nn.MultiheadAttention`` returns are a view, taken after the
+    ``(batch·heads, L, S)`` softmax output multiplied the values; autograd never reaches the view.
+    A hook on that softmax output (the view's ``_base``) copies its gradient, reshaped, into
+    ``weights.grad`` (accumulating like ``retain_grad`` does).
 
     Args:
-        output: ``(attn_output, None)`` from the rewritten call.
-        weights: the per-head ``(batch, heads, L, S)`` weights recorded for the call.
+        weights: ``(batch, heads, L, S)`` view returned by a rewritten call.
     """
-    if not call.need_weights:
-        return output
-    if call.average_attn_weights:
-        weights = weights.mean(dim=1)
-    if not call.batched:
-        weights = weights.squeeze(0)
-    return output[0], weights
+    base = weights._base
+    if base is None or base.numel() != weights.numel() or not base.requires_grad:
+        raise RuntimeError(
+            "cannot attach gradients to nn.MultiheadAttention weights: they are not a view of the "
+            "softmax output that multiplied the values (is gradient computation enabled?)."
+        )
+    weights.retain_grad()
+
+    def copy_gradient(grad: torch.Tensor) -> None:
+        grad = grad.reshape(weights.shape)
+        weights.grad = grad if weights.grad is None else weights.grad + grad
+
+    base.register_hook(copy_gradient)
