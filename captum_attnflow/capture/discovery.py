@@ -16,14 +16,14 @@ Auto-discovery tries, in order:
    ``torch.nn.MultiheadAttention`` (also inside ``nn.TransformerEncoder``/``Decoder``), timm's
    ``Attention`` and most hand-written modules.
 
-Explicit ``attention_layers`` are modules of the model, or names: a ``str`` is an
-``fnmatch`` pattern on qualified module names (``"encoder.layer.*.attention.self"``), a compiled
+Explicit ``attention_layers`` are modules of the model, or names: a ``str`` is a glob pattern on
+qualified module names where ``*`` matches within one dot-separated part, ``**`` across parts and
+``?`` one character (``"encoder.layer.*.attention.self"``, ``"**.attn"``); a compiled
 ``re.Pattern`` must match the whole name.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -47,6 +47,13 @@ class AttentionLayer:
     name: str
     module: nn.Module
     role: str
+
+
+def glob_to_regex(pattern: str) -> re.Pattern:
+    """Compile a module-name glob: ``**`` any text, ``*`` any text without a dot, ``?`` one non-dot."""
+    pieces = re.split(r"(\*\*|\*|\?)", pattern)
+    wildcards = {"**": ".*", "*": r"[^.]*", "?": r"[^.]"}
+    return re.compile("".join(wildcards.get(piece, re.escape(piece)) for piece in pieces))
 
 
 def _hf_specs(model: nn.Module) -> list[tuple[str, object]]:
@@ -149,7 +156,7 @@ def discover_attention_layers(model: nn.Module) -> list[AttentionLayer]:
 
 
 def select_attention_layers(model: nn.Module, attention_layers: Sequence) -> list[AttentionLayer]:
-    """Resolve user-given ``attention_layers`` (modules, ``fnmatch`` strings, ``re.Pattern``).
+    """Resolve user-given ``attention_layers`` (modules, glob strings, ``re.Pattern``).
 
     Returns:
         The selected modules in ``model.named_modules()`` order, each with its role (Hugging Face
@@ -180,10 +187,8 @@ def select_attention_layers(model: nn.Module, attention_layers: Sequence) -> lis
                 )
             selected.setdefault(names[0], entry)
         elif isinstance(entry, (str, re.Pattern)):
-            if isinstance(entry, str):
-                hits = [(name, module) for name, module in named if fnmatch.fnmatchcase(name, entry)]
-            else:
-                hits = [(name, module) for name, module in named if entry.fullmatch(name)]
+            regex = glob_to_regex(entry) if isinstance(entry, str) else entry
+            hits = [(name, module) for name, module in named if regex.fullmatch(name)]
             if not hits:
                 examples = [name for name, _ in named if name][:12]
                 raise ValueError(
@@ -194,7 +199,7 @@ def select_attention_layers(model: nn.Module, attention_layers: Sequence) -> lis
                 selected.setdefault(name, module)
         else:
             raise TypeError(
-                f"attention_layers entries must be nn.Module, str (fnmatch pattern) or re.Pattern; "
+                f"attention_layers entries must be nn.Module, str (glob pattern) or re.Pattern; "
                 f"got {type(entry).__name__}."
             )
     nested = [(outer, inner) for outer in selected for inner in selected if inner.startswith(outer + ".") or (outer == "" and inner)]

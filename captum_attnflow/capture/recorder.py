@@ -123,8 +123,9 @@ class AttentionRecorder:
     Args:
         model: the model that will be called.
         attention_layers: ``None`` to discover the attention modules, or a list of modules of
-            ``model`` and/or qualified-name patterns (``str``: ``fnmatch``, e.g.
-            ``"encoder.layer.*.attention.self"``; compiled ``re.Pattern``: full match).
+            ``model`` and/or qualified-name patterns (``str``: glob where ``*`` stays within one
+            dot-separated part and ``**`` crosses parts, e.g. ``"encoder.layer.*.attention.self"``;
+            compiled ``re.Pattern``: full match).
         extractor: ``fn(module, args, kwargs, output) -> Tensor (batch, heads, n, n)`` returning a
             recorded module's attention weights; replaces rules 2–4 above for every layer.
         head_fusion: ``None`` keeps every head. ``"mean"``, ``"max"`` or ``"min"`` fuses the heads
