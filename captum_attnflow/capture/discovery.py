@@ -19,7 +19,8 @@ Auto-discovery tries, in order:
 Explicit ``attention_layers`` are modules of the model, or names: a ``str`` is a glob pattern on
 qualified module names where ``*`` matches within one dot-separated part, ``**`` across parts and
 ``?`` one character (``"encoder.layer.*.attention.self"``, ``"**.attn"``); a compiled
-``re.Pattern`` must match the whole name.
+``re.Pattern`` must match the whole name. Patterns never select the model itself (pass the
+module to record a model that is one attention module).
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def select_attention_layers(model: nn.Module, attention_layers: Sequence) -> lis
             selected.setdefault(names[0], entry)
         elif isinstance(entry, (str, re.Pattern)):
             regex = glob_to_regex(entry) if isinstance(entry, str) else entry
-            hits = [(name, module) for name, module in named if regex.fullmatch(name)]
+            hits = [(name, module) for name, module in named if name and regex.fullmatch(name)]
             if not hits:
                 examples = [name for name, _ in named if name][:12]
                 raise ValueError(
