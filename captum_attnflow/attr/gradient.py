@@ -38,6 +38,19 @@ def gradient_weighted_graph(attentions, gradients, *, residual: bool = True, mas
     return graph + eye if residual else graph
 
 
+def differentiable_source(attention: Tensor) -> Tensor:
+    """The tensor the model computed with, for ``torch.autograd.grad``.
+
+    ``nn.MultiheadAttention`` returns its per-head weights as a reshaped view of the softmax
+    output that multiplied the values, and autograd only reaches that output (the view's
+    ``_base``), not the view. Other recorded weights are used as they are. Differentiating
+    with :func:`torch.autograd.grad` instead of ``backward()`` leaves every parameter's ``.grad``
+    untouched, as Captum's gradient methods do.
+    """
+    base = attention._base
+    return base if base is not None and base.numel() == attention.numel() else attention
+
+
 class GradientWeightedRollout(AttentionAttribution):
     r"""
     Gradient-weighted, class-specific attention rollout (Chefer, Gur & Wolf, "Generic
@@ -123,7 +136,8 @@ class GradientWeightedRollout(AttentionAttribution):
                 f"target selects an output of shape {tuple(selected.shape)}; it must select one score "
                 f"per example (batch,), e.g. target=(position, token_id) for (batch, n, vocab) outputs."
             )
-        gradients = torch.autograd.grad(selected.sum(), attentions, allow_unused=True)
+        sources = [differentiable_source(a) for a in attentions]
+        gradients = torch.autograd.grad(selected.sum(), sources, allow_unused=True)
         unused = [name for name, g in zip(self.layer_names, gradients) if g is None]
         if unused:
             raise ValueError(
@@ -132,7 +146,7 @@ class GradientWeightedRollout(AttentionAttribution):
                 f"with attn_implementation='eager'."
             )
         return self.attribute_recorded(
-            [a.detach() for a in attentions], mask, gradients=[g.detach() for g in gradients],
+            [a.detach() for a in attentions], mask, gradients=[g.reshape(a.shape) for g, a in zip(gradients, attentions)],
             position=position, layer=layer, head=head, residual=residual, head_fusion=head_fusion,
         )
 
