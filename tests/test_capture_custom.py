@@ -1,6 +1,8 @@
 """AttentionRecorder on hand-written models: extractors, patterns, discovery and forward order."""
 
 import re
+import runpy
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from captum_attnflow import rollout
 from captum_attnflow.capture import AttentionRecorder, discover_attention_layers
 
 N, DIM, HEADS = 5, 8, 2
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_model.py"
 
 
 class Mixer(nn.Module):
@@ -133,3 +136,10 @@ def test_head_fused_extractor_capture_gives_same_rollout(x):
         net(x)
     assert fused.stack().shape == (2, 3, 1, N, N)
     torch.testing.assert_close(rollout(fused.attentions), rollout(full.attentions), atol=1e-6, rtol=0)
+
+
+def test_custom_model_example_runs(capsys):
+    runpy.run_path(str(EXAMPLE), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "recorded layers: ['blocks.0.mixer', 'blocks.1.mixer', 'blocks.2.mixer', 'blocks.3.mixer']" in printed
+    assert printed.count("[CLS] flow") == 4
