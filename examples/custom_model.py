@@ -80,7 +80,8 @@ def main() -> None:
     attention_mask = torch.ones(2, 8, dtype=torch.long)
     attention_mask[1, 6:] = 0  # the second example has 2 padding tokens
 
-    with torch.no_grad(), AttentionRecorder(model, attention_layers=["blocks.*.mixer"], extractor=read_weights) as recorder:
+    recorder = AttentionRecorder(model, attention_layers=["blocks.*.mixer"], extractor=read_weights)
+    with torch.no_grad(), recorder:
         logits = model(input_ids, attention_mask=attention_mask)
 
     print("recorded layers:", recorder.layers)

@@ -94,7 +94,8 @@ def test_a_failed_pass_replaces_an_earlier_complete_one():
 
 def test_extractor_with_wrong_shape_names_the_layer():
     model = Model()
-    with pytest.raises(ValueError, match=r"'layers.0' \(FusedAttention\): the extractor gave attention of shape \(2, 4, 4\)"):
+    expected = r"'layers.0' \(FusedAttention\): the extractor gave attention of shape \(2, 4, 4\)"
+    with pytest.raises(ValueError, match=expected):
         with AttentionRecorder(model, extractor=lambda module, args, kwargs, output: torch.zeros(2, 4, 4)):
             model(_x())
     _assert_clean(model)

@@ -102,8 +102,10 @@ class TimmLikeAttention(nn.Module):
             attn = (q * self.scale) @ k.transpose(-2, -1)
             if self.causal:
                 attn = attn.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
-            if attn_mask is not None:
-                attn = attn.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else attn + attn_mask
+            if attn_mask is not None and attn_mask.dtype == torch.bool:
+                attn = attn.masked_fill(~attn_mask, float("-inf"))
+            elif attn_mask is not None:
+                attn = attn + attn_mask
             attn = attn.softmax(dim=-1)
             self.eager_weights = attn
             x = attn @ v

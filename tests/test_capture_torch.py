@@ -13,7 +13,9 @@ N, BATCH, DIM, HEADS = 6, 3, 8, 2
 
 def _encoder(norm_first=False):
     torch.manual_seed(0)
-    layer = nn.TransformerEncoderLayer(DIM, HEADS, dim_feedforward=16, dropout=0.0, batch_first=True, norm_first=norm_first)
+    layer = nn.TransformerEncoderLayer(
+        DIM, HEADS, dim_feedforward=16, dropout=0.0, batch_first=True, norm_first=norm_first
+    )
     # The nested-tensor fast path needs post-norm layers.
     return nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=not norm_first).eval()
 

@@ -110,14 +110,15 @@ def hugging_face_roles(model: nn.Module) -> dict[nn.Module, AttentionLayer]:
     return found
 
 
+def _contains(outer: str, inner: str) -> bool:
+    """Whether the module named ``inner`` lies inside the module named ``outer`` ("" = the model)."""
+    return inner != outer and (outer == "" or inner.startswith(outer + "."))
+
+
 def _innermost(candidates: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
     """Drop candidates that contain another candidate."""
     names = [name for name, _ in candidates]
-    return [
-        (name, module)
-        for name, module in candidates
-        if not any(other.startswith(name + ".") or (name == "" and other) for other in names)
-    ]
+    return [(name, module) for name, module in candidates if not any(_contains(name, other) for other in names)]
 
 
 def _role(module: nn.Module, declared: dict[nn.Module, AttentionLayer]) -> str:
@@ -141,17 +142,19 @@ def discover_attention_layers(model: nn.Module) -> list[AttentionLayer]:
         return list(declared.values())
     named = list(model.named_modules())
     # nn.MultiheadAttention matches the class-name rule too.
-    chosen = _innermost([(name, module) for name, module in named if ATTENTION_CLASS_NAME.search(type(module).__name__)])
+    by_class = [(name, module) for name, module in named if ATTENTION_CLASS_NAME.search(type(module).__name__)]
+    chosen = _innermost(by_class)
     if not chosen:
         classes = sorted({type(module).__name__ for _, module in named})
+        shown = f"{classes[:20]}{' ...' if len(classes) > 20 else ''}"
         raise ValueError(
             f"no attention module found in {type(model).__name__}. Tried: (1) Hugging Face "
             f"_can_record_outputs['attentions'] (not declared), (2) module classes whose name "
-            f"contains 'attention' or 'attn', torch.nn.MultiheadAttention included (none among {classes[:20]}{' ...' if len(classes) > 20 else ''}). Name the modules "
-            f"yourself: AttentionRecorder(model, attention_layers=[module, ...] or "
-            f"['encoder.layers.*.attn']), and pass extractor=fn(module, args, kwargs, output) -> "
-            f"(batch, heads, n, n) if they neither call F.scaled_dot_product_attention nor return "
-            f"their weights as output[1]."
+            f"contains 'attention' or 'attn', torch.nn.MultiheadAttention included (none among "
+            f"{shown}). Name the modules yourself: AttentionRecorder(model, attention_layers="
+            f"[module, ...] or ['encoder.layers.*.attn']), and pass extractor=fn(module, args, "
+            f"kwargs, output) -> (batch, heads, n, n) if they neither call "
+            f"F.scaled_dot_product_attention nor return their weights as output[1]."
         )
     return [AttentionLayer(name, module, _role(module, declared)) for name, module in chosen]
 
@@ -203,7 +206,7 @@ def select_attention_layers(model: nn.Module, attention_layers: Sequence) -> lis
                 f"attention_layers entries must be nn.Module, str (glob pattern) or re.Pattern; "
                 f"got {type(entry).__name__}."
             )
-    nested = [(outer, inner) for outer in selected for inner in selected if inner.startswith(outer + ".") or (outer == "" and inner)]
+    nested = [(outer, inner) for outer in selected for inner in selected if _contains(outer, inner)]
     if nested:
         outer, inner = nested[0]
         raise ValueError(

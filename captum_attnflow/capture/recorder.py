@@ -196,12 +196,15 @@ class AttentionRecorder:
             raise RuntimeError("this AttentionRecorder is already attached; call remove() first.")
         try:
             for layer in self._layers:
-                self._handles.append(layer.module.register_forward_pre_hook(self._layer_pre_hook(layer), with_kwargs=True))
+                pre_hook = self._layer_pre_hook(layer)
+                self._handles.append(layer.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
                 self._handles.append(
                     layer.module.register_forward_hook(self._layer_hook(layer), with_kwargs=True, always_call=True)
                 )
             # The pass hooks wrap the layer hooks, also when the model itself is a recorded layer.
-            self._handles.append(self.model.register_forward_pre_hook(self._pass_pre_hook, with_kwargs=True, prepend=True))
+            self._handles.append(
+                self.model.register_forward_pre_hook(self._pass_pre_hook, with_kwargs=True, prepend=True)
+            )
             self._handles.append(self.model.register_forward_hook(self._pass_hook, always_call=True))
         except BaseException:
             self.remove()

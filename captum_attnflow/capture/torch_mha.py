@@ -36,7 +36,7 @@ class MHACall:
 
 
 def live_tokens_from_key_padding_mask(key_padding_mask: torch.Tensor) -> torch.Tensor:
-    """``(batch, n)`` ``key_padding_mask`` (bool ``True`` or float ``-inf`` = padding) -> bool, ``True`` = real token."""
+    """``(batch, n)`` key padding mask (bool ``True`` or float ``-inf`` = padding) -> ``True`` = real token."""
     if key_padding_mask.dtype == torch.bool:
         return ~key_padding_mask
     return ~torch.isneginf(key_padding_mask)
