@@ -1,0 +1,170 @@
+"""The paper's agreement classifier: a bidirectional encoder of GPT-2 blocks, and its checkpoint.
+
+Abnar & Zuidema (2020, §3) use GPT-2 blocks (pre-LayerNorm self-attention + MLP, token +
+position embeddings) **without the causal mask**, 6 layers, 8 heads, hidden size 128, and a
+2-way classifier on the final-layer state of the ``[CLS]`` token prepended to the input.
+
+:class:`AgreementModel` wraps ``transformers.GPT2Model`` with ``config.is_causal = False`` (in
+transformers 5.x GPT-2 is causal unless told otherwise, silently) and eager attention, so that
+``output_attentions=True`` returns the softmax weights. The checkpoint is one ``torch.save``
+file holding plain Python data and float16 tensors (loaded with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from captum_attnflow.agreement.data import CLS, END, PAD, vocabulary
+
+CHECKPOINT_FORMAT = 1
+#: file name of the checkpoint shipped inside the package
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit this code (rebuild it with ``--retrain``)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and dropout of :class:`AgreementModel` (defaults: the paper's)."""
+
+    layers: int = 6
+    heads: int = 8
+    hidden: int = 128
+    max_tokens: int = 32
+    resid_dropout: float = 0.4
+    embd_dropout: float = 0.2
+    attn_dropout: float = 0.6
+
+
+def vocabulary_digest(words: list[str]) -> str:
+    """A short SHA-256 digest of a vocabulary, stored in checkpoints to detect mismatches."""
+    return hashlib.sha256("\n".join(words).encode()).hexdigest()[:16]
+
+
+class AgreementModel(nn.Module):
+    """GPT-2 blocks without causal masking + a linear classifier on the final ``[CLS]`` state.
+
+    Args:
+        config: :class:`ModelConfig`.
+        vocab_size: number of token ids.
+
+    Attributes:
+        encoder: ``transformers.GPT2Model`` (bidirectional, eager attention).
+        classifier: ``nn.Linear(hidden, 2)``; class 0 = singular verb, class 1 = plural verb.
+    """
+
+    def __init__(self, config: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        from transformers import GPT2Config, GPT2Model
+
+        vocab = vocabulary()
+        gpt2_config = GPT2Config(
+            vocab_size=vocab_size, n_positions=config.max_tokens, n_embd=config.hidden,
+            n_layer=config.layers, n_head=config.heads, resid_pdrop=config.resid_dropout,
+            embd_pdrop=config.embd_dropout, attn_pdrop=config.attn_dropout,
+            bos_token_id=vocab.index(CLS), eos_token_id=vocab.index(END), pad_token_id=vocab.index(PAD),
+            attn_implementation="eager",
+        )
+        gpt2_config.is_causal = False  # the paper's encoder is bidirectional
+        self.config = config
+        self.encoder = GPT2Model(gpt2_config)
+        self.classifier = nn.Linear(config.hidden, 2)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``(batch, n, hidden)`` of ``input_ids`` ``(batch, n)`` (positions are
+        added inside the encoder, so gradients w.r.t. these equal those w.r.t. token + position)."""
+        return self.encoder.wte(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ):
+        """Class logits ``(batch, 2)`` from ``input_ids`` ``(batch, n)`` or ``inputs_embeds``
+        ``(batch, n, hidden)``; with ``output_attentions=True`` returns ``(logits, attentions)``
+        where ``attentions`` are ``L`` tensors ``(batch, heads, n, n)``.
+
+        ``attention_mask`` ``(batch, n)`` marks real tokens with 1 (padding is on the right, so
+        ``[CLS]`` stays at position 0).
+        """
+        out = self.encoder(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+            output_attentions=output_attentions, use_cache=False,
+        )
+        logits = self.classifier(out.last_hidden_state[:, 0])
+        return (logits, out.attentions) if output_attentions else logits
+
+
+def save_checkpoint(model: AgreementModel, path: str | Path, *, metadata: dict) -> None:
+    """Write ``model`` (weights as float16) with its config, vocabulary and ``metadata``.
+
+    ``metadata`` must hold plain Python values (numbers, strings, lists, dicts): it records the
+    seeds, data sizes and measured accuracies.
+    """
+    words = vocabulary()
+    state = {key: value.detach().to(torch.float16) for key, value in model.state_dict().items()}
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "config": asdict(model.config),
+            "vocabulary": words,
+            "vocabulary_digest": vocabulary_digest(words),
+            "state_dict": state,
+            "metadata": metadata,
+        },
+        path,
+    )
+
+
+def shipped_checkpoint_path() -> Path:
+    """Path of the checkpoint shipped inside the package (it may not exist in a source tree)."""
+    return Path(str(resources.files("captum_attnflow.agreement") / CHECKPOINT_NAME))
+
+
+def load_checkpoint(path: str | Path) -> tuple[AgreementModel, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint` into a float32 model in eval mode.
+
+    Returns:
+        ``(model, metadata)``.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable or corrupted, was written by another
+            format version, or its vocabulary / architecture / weights do not match this code.
+            The message suggests rebuilding it with ``captum-attnflow reproduce --retrain``.
+    """
+    hint = "rebuild it with `captum-attnflow reproduce --retrain`"
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; {hint}.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated/garbled files
+        raise CheckpointError(f"checkpoint {path} is corrupted or not a checkpoint ({error.__class__.__name__}); {hint}.") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"checkpoint {path} has format {found!r}, expected {CHECKPOINT_FORMAT}; {hint}.")
+    words = vocabulary()
+    if payload.get("vocabulary_digest") != vocabulary_digest(words):
+        raise CheckpointError(
+            f"checkpoint {path} was trained on a different vocabulary than this version's generator; {hint}."
+        )
+    try:
+        config = ModelConfig(**payload["config"])
+        model = AgreementModel(config, len(words))
+        model.load_state_dict({key: value.float() for key, value in payload["state_dict"].items()})
+    except (KeyError, TypeError, RuntimeError) as error:
+        detail = " ".join(str(error).split())
+        detail = detail if len(detail) <= 240 else detail[:240] + "..."
+        raise CheckpointError(f"checkpoint {path} does not match the model architecture ({detail}); {hint}.") from None
+    return model.eval(), payload.get("metadata", {})

@@ -1,0 +1,145 @@
+"""Tables and reports of the agreement study: Markdown, CSV, JSON and a small HTML page.
+
+The tables follow the paper's layout — rows Raw / Rollout / Flow, columns L1…L6, cells
+``mean±std`` of Spearman's ρ over examples — with each of our rows directly followed by the
+paper's published row.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from captum_attnflow.agreement.study import METHOD_NAMES, METHODS, PAPER_TABLES, REFERENCES, StudyResult
+from captum_attnflow.metrics import summarize
+
+TABLE_TITLES = {
+    "blank_out": "Table 1 — Spearman ρ with blank-out ([UNK] replacement, |Δ p(correct class)|)",
+    "gradient": "Table 2 — Spearman ρ with input gradients (|Σ_d ∂(p0 − p1)/∂e_d|)",
+}
+
+
+def summary_tables(result: StudyResult) -> dict[str, dict[str, dict[str, list[float] | list[int]]]]:
+    """reference -> method -> ``{"mean", "std", "count", "undefined"}`` lists over the studied layers."""
+    tables = {}
+    for ref in REFERENCES:
+        tables[ref] = {}
+        for name in METHODS:
+            summary = summarize(result.correlations[ref][name])
+            tables[ref][name] = {
+                "mean": summary.mean.tolist(), "std": summary.std.tolist(),
+                "count": summary.count.tolist(), "undefined": summary.undefined.tolist(),
+            }
+    return tables
+
+
+def _cell(mean: float, std: float) -> str:
+    return "n/a" if not np.isfinite(mean) else f"{mean:.2f}±{std:.2f}"
+
+
+def markdown_table(tables: dict, reference: str, layers: list[int]) -> str:
+    """One table in the paper's layout, our row followed by the paper's for each method."""
+    lines = ["| | " + " | ".join(f"L{layer}" for layer in layers) + " |", "|---" * (len(layers) + 1) + "|"]
+    for name in METHODS:
+        ours = tables[reference][name]
+        paper = PAPER_TABLES[reference][name]
+        lines.append(f"| **{METHOD_NAMES[name]}** (this run) | "
+                     + " | ".join(_cell(m, s) for m, s in zip(ours["mean"], ours["std"])) + " |")
+        lines.append(f"| {METHOD_NAMES[name]} (paper) | "
+                     + " | ".join(_cell(*paper[layer - 1]) for layer in layers) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(tables: dict, reference: str, layers: list[int], path: Path) -> Path:
+    """Rows ``method, layer, mean, std, count, undefined, paper_mean, paper_std``."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "layer", "mean", "std", "count", "undefined", "paper_mean", "paper_std"])
+        for name in METHODS:
+            ours = tables[reference][name]
+            for k, layer in enumerate(layers):
+                paper = PAPER_TABLES[reference][name][layer - 1]
+                writer.writerow([METHOD_NAMES[name], f"L{layer}", f"{ours['mean'][k]:.6f}", f"{ours['std'][k]:.6f}",
+                                 ours["count"][k], ours["undefined"][k], paper[0], paper[1]])
+    return path
+
+
+def write_json(payload: dict, path: Path) -> Path:
+    path.write_text(json.dumps(payload, indent=2, allow_nan=True))
+    return path
+
+
+def markdown_report(
+    *, tables: dict, layers: list[int], setup: dict, accuracy: dict, timings: dict, figures: dict[str, str],
+    example: str,
+) -> str:
+    """The full Markdown report: setup, accuracy, both tables next to the paper's, figures."""
+    acc = accuracy["test"]
+    parts = [
+        "# Attention flow reproduction: verb-number agreement (Abnar & Zuidema 2020, §3–4)",
+        "",
+        "## Setup",
+        "",
+        *(f"- **{key}**: {value}" for key, value in setup.items()),
+        "",
+        "## Model accuracy",
+        "",
+        f"- test accuracy {acc['overall']:.4f} on {acc['examples']} examples "
+        f"(with attractors {acc['with_attractors']:.4f}, without {acc['without_attractors']:.4f}); paper: 0.96",
+        "",
+    ]
+    for ref in REFERENCES:
+        parts += [f"## {TABLE_TITLES[ref]}", "", markdown_table(tables, ref, layers), ""]
+    undefined = {ref: max(max(tables[ref][m]["undefined"]) for m in METHODS) for ref in REFERENCES}
+    parts += [
+        "Cells are mean±std (population std) of the per-example Spearman ρ over all positions "
+        "([CLS] and [END] included). Examples whose reference scores are constant have no "
+        f"defined ρ and are left out (at most {undefined['blank_out']} for blank-out, "
+        f"{undefined['gradient']} for gradients).",
+        "",
+        "## Timings",
+        "",
+        *(f"- {key}: {value:.1f} s" for key, value in timings.items()),
+        "",
+        "## Figures",
+        "",
+        f"Example used for Figs. 1–3: `{example}`",
+        "",
+        *(f"### {title}\n\n![{title}]({name})\n" for title, name in figures.items()),
+    ]
+    return "\n".join(parts)
+
+
+def html_report(markdown: str) -> str:
+    """A minimal HTML rendering of :func:`markdown_report`'s output (headings, lists, tables, images)."""
+    body, in_table = [], False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()).replace("**", "") for c in line.strip("|").split("|")]
+            if set(line) <= {"|", "-"}:
+                continue
+            if not in_table:
+                body.append("<table border='1' cellpadding='3' style='border-collapse:collapse'>")
+                in_table = True
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            alt, _, src = line[2:].partition("](")
+            body.append(f"<img alt='{html.escape(alt)}' src='{html.escape(src.rstrip(')'))}' style='max-width:100%'>")
+        elif line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    return "<!doctype html><meta charset='utf-8'><title>Attention flow reproduction</title>\n" + "\n".join(body)

@@ -1,0 +1,138 @@
+"""`captum-attnflow reproduce` end to end on a tiny model, its study against brute force, and its errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from captum_attnflow import attention_flow, raw_attention, rollout
+from captum_attnflow.agreement.data import UNK, encode, generate_splits, vocabulary
+from captum_attnflow.agreement.model import ModelConfig, load_checkpoint, save_checkpoint
+from captum_attnflow.agreement.study import run_study
+from captum_attnflow.agreement.train import TrainingConfig, train_model
+from captum_attnflow.cli import main
+
+TINY = ModelConfig(layers=3, heads=2, hidden=16)
+SIZES = {"train": 200, "valid": 40, "test": 30}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny trained model saved like the shipped one (3 layers, 2 heads, hidden 16)."""
+    splits = generate_splits(5, **SIZES)
+    model, history = train_model(splits, seed=5, model_config=TINY, training=TrainingConfig(epochs=1), progress=False)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(model, path, metadata={"data_seed": 5, "data_sizes": SIZES, "history": history})
+    return path
+
+
+def test_study_matches_brute_force(checkpoint):
+    model, _ = load_checkpoint(checkpoint)
+    examples = generate_splits(5, **SIZES).test[:4]
+    result = run_study(model, examples, layers=[1, 3], flow_solver="scipy", progress=False)
+    assert result.layers == [1, 3]
+    unk = vocabulary().index(UNK)
+    for k, scores in enumerate(result.scores):
+        assert scores.example is examples[k]
+        ids = torch.tensor(encode([scores.example]))
+        label = scores.example.label
+        with torch.no_grad():
+            logits, attentions = model(ids, output_attentions=True)
+            p = torch.softmax(logits, -1)[0, label]
+            blank = []
+            for j in range(ids.shape[1]):
+                blanked = ids.clone()
+                blanked[0, j] = unk
+                blank.append(abs(float(p - torch.softmax(model(blanked), -1)[0, label])))
+        np.testing.assert_allclose(scores.references["blank_out"], blank, atol=1e-6)
+        embeds = model.embed(ids).detach().requires_grad_(True)
+        probs = torch.softmax(model(inputs_embeds=embeds), -1)[0]
+        (grad,) = torch.autograd.grad(probs[0] - probs[1], embeds)
+        np.testing.assert_allclose(scores.references["gradient"], grad[0].sum(-1).abs().numpy(), atol=1e-6)
+        expected = {
+            "raw": raw_attention(attentions)[0, [0, 2], 0].numpy(),
+            "rollout": rollout(attentions)[0, [0, 2], 0].numpy(),
+            "flow": attention_flow(attentions, output_positions=0, method="networkx")[0, [0, 2], 0].numpy(),
+        }
+        for name, values in expected.items():
+            np.testing.assert_allclose(scores.methods[name], values, atol=1e-5)
+            for column in range(2):
+                rho = spearmanr(values[column], blank).statistic
+                np.testing.assert_allclose(result.correlations["blank_out"][name][k, column], rho, atol=1e-5)
+
+
+def test_reproduce_end_to_end(checkpoint, tmp_path, capsys):
+    out = tmp_path / "report"
+    code = main(["reproduce", "--checkpoint", str(checkpoint), "--examples", "6", "--out", str(out), "--seed", "1",
+                 "--flow-solver", "networkx"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Table 1" in printed and "Table 2" in printed and "Rollout (paper) | 0.32±0.26" in printed
+    assert str(out.resolve()) in printed.splitlines()[-1]
+    for name in ("report.md", "report.html", "table1_blank_out.csv", "table2_gradient.csv", "results.json",
+                 "fig1_raw_attention.png", "fig2_raw_rollout_flow_maps.png", "fig3_cls_raw_rollout_flow.png",
+                 "fig4_correlations.png"):
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    assert results["layers"] == [1, 2, 3]
+    flow = results["tables"]["blank_out"]["flow"]
+    assert len(flow["mean"]) == 3 and all(c + u == 6 for c, u in zip(flow["count"], flow["undefined"]))
+    rows = (out / "table1_blank_out.csv").read_text().splitlines()
+    assert rows[0].startswith("method,layer,mean,std") and len(rows) == 1 + 3 * 3
+    # L1 rollout = L1 flow by construction (single layer: both are Â_1's [CLS] row)
+    table = results["tables"]["gradient"]
+    assert table["rollout"]["mean"][0] == pytest.approx(table["flow"]["mean"][0])
+
+
+def test_reproduce_retrain_and_workers(tmp_path, monkeypatch, capsys):
+    from captum_attnflow import reproduce
+
+    monkeypatch.setattr(reproduce, "DATA_SIZES", SIZES)
+    monkeypatch.setattr(reproduce, "EPOCHS", 1)
+    saved = tmp_path / "retrained.pt"
+    argv = ["reproduce", "--retrain", "--checkpoint", str(saved), "--examples", "4", "--layers", "1,6",
+            "--flow-solver", "networkx"]
+    assert main(argv + ["--out", str(tmp_path / "serial")]) == 0
+    _, metadata = load_checkpoint(saved)
+    assert metadata["data_sizes"] == SIZES and len(metadata["history"]) == 1
+    serial = json.loads((tmp_path / "serial" / "results.json").read_text())["tables"]
+    argv[1:2] = []  # load the retrained checkpoint instead of training again
+    argv += ["--workers", "2"]
+    assert main(argv + ["--out", str(tmp_path / "parallel")]) == 0
+    parallel = json.loads((tmp_path / "parallel" / "results.json").read_text())["tables"]
+    assert serial == parallel
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--examples", "31"], "exceeds the test split of 30"),
+        (["--examples", "0"], "--examples must be at least 1"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--layers", "0-2"], "between 1 and 3"),
+        (["--layers", "a,b"], "not a list"),
+        (["--flow-solver", "magic"], "'magic' is unknown"),
+    ],
+)
+def test_reproduce_bad_arguments(checkpoint, tmp_path, capsys, extra, message):
+    code = main(["reproduce", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")] + extra)
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_reproduce_bad_out_and_checkpoint(checkpoint, tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert main(["reproduce", "--checkpoint", str(checkpoint), "--out", str(a_file)]) == 2
+    assert "exists and is a file" in capsys.readouterr().err
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    assert main(["reproduce", "--checkpoint", str(broken), "--out", str(tmp_path / "o")]) == 2
+    assert "--retrain" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--no-such-flag"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
