@@ -190,3 +190,58 @@ def test_causal_models_record_lower_triangular_attention(name):
     for layer in recorder.attentions:
         assert torch.all(layer.triu(diagonal=1) == 0)
         torch.testing.assert_close(layer.sum(-1), torch.ones_like(layer.sum(-1)))
+
+
+@pytest.fixture(scope="module")
+def t5():
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=LAYERS, num_decoder_layers=LAYERS,
+        num_heads=HEADS, decoder_start_token_id=0,
+    )
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    inputs = _text_inputs("right")
+    inputs["decoder_input_ids"] = inputs["input_ids"][:, :5]
+    inputs["decoder_attention_mask"] = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        reference = model(**inputs, output_attentions=True)
+    return model, inputs, reference
+
+
+ENCODER, DECODER, CROSS = ["encoder.block.*.layer.0"], ["decoder.block.*.layer.0"], ["decoder.block.*.layer.1"]
+
+
+def test_encoder_decoder_needs_a_choice(t5):
+    model, _, _ = t5
+    with pytest.raises(ValueError, match=r"encoder-decoder model.*\['encoder.block.\*.layer.0', 'decoder.block"):
+        AttentionRecorder(model)
+    with pytest.raises(ValueError, match="both the encoder and the decoder"):
+        AttentionRecorder(model, attention_layers=ENCODER + DECODER)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_encoder_decoder_records_each_graph_and_cross_attention_apart(t5, implementation):
+    model, inputs, reference = t5
+    model.set_attn_implementation(implementation)
+    with torch.no_grad():
+        with AttentionRecorder(model, attention_layers=ENCODER) as encoder:
+            model(**inputs)
+        with AttentionRecorder(model, attention_layers=DECODER + CROSS) as decoder:
+            model(**inputs)
+    assert encoder.layers == ["encoder.block.0.layer.0", "encoder.block.1.layer.0"] and encoder.cross_layers == []
+    assert decoder.layers == ["decoder.block.0.layer.0", "decoder.block.1.layer.0"]
+    assert decoder.cross_layers == ["decoder.block.0.layer.1", "decoder.block.1.layer.1"]
+    assert torch.equal(encoder.mask, inputs["attention_mask"].bool())
+    assert torch.equal(decoder.mask, inputs["decoder_attention_mask"].bool())
+    pairs = [
+        (encoder.attentions, reference.encoder_attentions, encoder.mask),
+        (decoder.attentions, reference.decoder_attentions, decoder.mask),
+        (decoder.cross_attentions, reference.cross_attentions, decoder.mask),
+    ]
+    for recorded, expected, live in pairs:
+        assert len(recorded) == len(expected) == LAYERS
+        for got, want in zip(recorded, expected):
+            assert got.shape == want.shape
+            for b in range(BATCH):  # rows of live queries
+                torch.testing.assert_close(got[b][:, live[b]], want[b][:, live[b]], atol=1e-6, rtol=0)

@@ -167,3 +167,28 @@ def test_keep_graph_through_transformer_encoder(src):
     rows = recorder.attentions[-1].grad[0].abs().sum(dim=(0, 2))
     assert rows[-1] > 0 and torch.all(rows[:-1] == 0)
     assert torch.all(recorder.attentions[0].grad[1:] == 0)  # example 0 only
+
+
+def test_nn_transformer_records_encoder_or_decoder_with_its_own_mask():
+    torch.manual_seed(0)
+    model = nn.Transformer(DIM, HEADS, 2, 2, dim_feedforward=16, dropout=0.0, batch_first=True).eval()
+    src, tgt = torch.randn(BATCH, N + 2, DIM), torch.randn(BATCH, N, DIM)
+    src_padding = torch.zeros(BATCH, N + 2, dtype=torch.bool)
+    src_padding[0, -3:] = True
+    tgt_padding = torch.zeros(BATCH, N, dtype=torch.bool)
+    tgt_padding[1, -1] = True
+    with pytest.raises(ValueError, match=r"encoder-decoder model.*'encoder.layers.\*.self_attn'"):
+        AttentionRecorder(model)
+    call = dict(src_key_padding_mask=src_padding, tgt_key_padding_mask=tgt_padding, memory_key_padding_mask=src_padding)
+    with torch.no_grad():
+        with AttentionRecorder(model, attention_layers=["encoder.layers.*.self_attn"]) as encoder:
+            model(src, tgt, **call)
+        with AttentionRecorder(model, attention_layers=["decoder.layers.*.*_attn"]) as decoder:
+            model(src, tgt, **call)
+    assert encoder.layers == ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]
+    assert torch.equal(encoder.mask, ~src_padding)
+    assert decoder.layers == ["decoder.layers.0.self_attn", "decoder.layers.1.self_attn"]
+    assert decoder.cross_layers == ["decoder.layers.0.multihead_attn", "decoder.layers.1.multihead_attn"]
+    assert torch.equal(decoder.mask, ~tgt_padding)
+    assert decoder.cross_attentions[0].shape == (BATCH, HEADS, N, N + 2)
+    assert torch.all(decoder.cross_attentions[0][0, :, :, -3:] == 0)  # padded memory keys

@@ -43,11 +43,16 @@ HF_ROLES = {"attentions": SELF, "cross_attentions": CROSS}
 
 @dataclass(frozen=True)
 class AttentionLayer:
-    """One hooked module: qualified ``name`` in the model, the ``module`` itself and its role."""
+    """One hooked module: qualified ``name`` in the model, the ``module`` itself and its role.
+
+    ``output_index`` is where the module returns its weights when it returns them at all
+    (Hugging Face eager attention: ``output[1]``, or what ``_can_record_outputs`` declares).
+    """
 
     name: str
     module: nn.Module
     role: str
+    output_index: int = 1
 
 
 def glob_to_regex(pattern: str) -> re.Pattern:
@@ -102,7 +107,8 @@ def hugging_face_roles(model: nn.Module) -> dict[nn.Module, AttentionLayer]:
         specs = own if own else specs
         for role, spec in specs:
             if module not in found and _hf_spec_matches(spec, module, name):
-                found[module] = AttentionLayer(name, module, role)
+                index = spec.index if isinstance(getattr(spec, "index", None), int) else 1
+                found[module] = AttentionLayer(name, module, role, index)
         for child_name, child in module.named_children():
             walk(child, f"{name}.{child_name}" if name else child_name, specs)
 
@@ -121,10 +127,48 @@ def _innermost(candidates: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Mo
     return [(name, module) for name, module in candidates if not any(_contains(name, other) for other in names)]
 
 
-def _role(module: nn.Module, declared: dict[nn.Module, AttentionLayer]) -> str:
+def _as_layer(name: str, module: nn.Module, declared: dict[nn.Module, AttentionLayer]) -> AttentionLayer:
+    """The recorded layer for ``module``: Hugging Face's declaration if any, else the default role."""
     if module in declared:
-        return declared[module].role
-    return AUTO if isinstance(module, nn.MultiheadAttention) else SELF
+        return AttentionLayer(name, module, declared[module].role, declared[module].output_index)
+    return AttentionLayer(name, module, AUTO if isinstance(module, nn.MultiheadAttention) else SELF)
+
+
+def encoder_decoder_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """``(encoder, decoder)`` of an encoder–decoder model, or None for other models.
+
+    Recognised: Hugging Face models with ``config.is_encoder_decoder`` (``get_encoder()`` /
+    ``get_decoder()``) and ``torch.nn.Transformer`` (the model or one of its submodules).
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False) is True and hasattr(model, "get_encoder"):
+        encoder, decoder = model.get_encoder(), model.get_decoder()
+        if encoder is not model and decoder is not model and encoder is not decoder:
+            return encoder, decoder
+    for module in model.modules():
+        if isinstance(module, nn.Transformer):
+            return module.encoder, module.decoder
+    return None
+
+
+def name_patterns(names: Sequence[str], all_names: Sequence[str]) -> list[str]:
+    """Short glob patterns that select exactly ``names`` among the module names ``all_names``.
+
+    Numeric parts become ``*`` where that selects no other module: T5's
+    ``encoder.block.0.layer.0`` and ``encoder.block.1.layer.0`` give ``encoder.block.*.layer.0``.
+    """
+    targets = set(names)
+    patterns = []
+    for name in names:
+        parts = name.split(".")
+        for index, part in enumerate(parts):
+            if part.isdigit():
+                trial = parts[:index] + ["*"] + parts[index + 1 :]
+                regex = glob_to_regex(".".join(trial))
+                if all(other in targets for other in all_names if other and regex.fullmatch(other)):
+                    parts = trial
+        patterns.append(".".join(parts))
+    return list(dict.fromkeys(patterns))
 
 
 def discover_attention_layers(model: nn.Module) -> list[AttentionLayer]:
@@ -139,7 +183,25 @@ def discover_attention_layers(model: nn.Module) -> list[AttentionLayer]:
     """
     declared = hugging_face_roles(model)
     if declared:
-        return list(declared.values())
+        found = list(declared.values())
+    else:
+        found = _discover_by_class_name(model)
+    if encoder_decoder_parts(model) is not None:
+        all_names = [name for name, _ in model.named_modules()]
+        self_names = name_patterns([layer.name for layer in found if layer.role != CROSS], all_names)
+        cross_names = name_patterns([layer.name for layer in found if layer.role == CROSS], all_names)
+        raise ValueError(
+            f"{type(model).__name__} is an encoder-decoder model: its encoder and its decoder "
+            f"self-attention form two different attention graphs. Record one of them with "
+            f"attention_layers=: the self-attention modules are {self_names}"
+            + (f" and the cross-attention modules {cross_names}" if cross_names else "")
+            + " (cross-attention is recorded separately, in recorder.cross_attentions)."
+        )
+    return found
+
+
+def _discover_by_class_name(model: nn.Module) -> list[AttentionLayer]:
+    """Innermost modules whose class name contains attention/attn (step 2 of the module docstring)."""
     named = list(model.named_modules())
     # nn.MultiheadAttention matches the class-name rule too.
     by_class = [(name, module) for name, module in named if ATTENTION_CLASS_NAME.search(type(module).__name__)]
@@ -156,7 +218,7 @@ def discover_attention_layers(model: nn.Module) -> list[AttentionLayer]:
             f"kwargs, output) -> (batch, heads, n, n) if they neither call "
             f"F.scaled_dot_product_attention nor return their weights as output[1]."
         )
-    return [AttentionLayer(name, module, _role(module, declared)) for name, module in chosen]
+    return [_as_layer(name, module, {}) for name, module in chosen]
 
 
 def select_attention_layers(model: nn.Module, attention_layers: Sequence) -> list[AttentionLayer]:
@@ -215,7 +277,4 @@ def select_attention_layers(model: nn.Module, attention_layers: Sequence) -> lis
         )
     declared = hugging_face_roles(model)
     order = {name: index for index, (name, _) in enumerate(named)}
-    return [
-        AttentionLayer(name, module, _role(module, declared))
-        for name, module in sorted(selected.items(), key=lambda item: order[item[0]])
-    ]
+    return [_as_layer(name, module, declared) for name, module in sorted(selected.items(), key=lambda item: order[item[0]])]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -17,10 +16,10 @@ from captum_attnflow.capture.discovery import (
     discover_attention_layers,
     select_attention_layers,
 )
+from captum_attnflow.capture.masks import live_tokens_from_key_padding_mask, mask_arguments, mask_from_call
 from captum_attnflow.capture.sdpa import SDPAInterceptor
 from captum_attnflow.capture.torch_mha import (
     MHACall,
-    live_tokens_from_key_padding_mask,
     per_head_weights,
     prepare_mha_call,
     restore_mha_output,
@@ -29,9 +28,6 @@ from captum_attnflow.capture.torch_mha import (
 from captum_attnflow.graph import HEAD_FUSIONS, as_attention_stack, fuse_heads
 
 Extractor = Callable[[nn.Module, tuple, dict, object], torch.Tensor]
-
-#: Keyword arguments of the model call read as a padding mask, and whether ``True`` marks padding.
-MASK_ARGUMENTS: dict[str, bool] = {"attention_mask": False, "src_key_padding_mask": True, "key_padding_mask": True}
 
 
 @dataclass
@@ -110,10 +106,15 @@ class AttentionRecorder:
 
     **Padding mask.** ``mask`` is the ``(batch, n)`` padding mask of the pass, ``True`` for real
     tokens: the model call's 2-D ``attention_mask`` (Hugging Face convention, 1 = real token), or
-    its ``src_key_padding_mask``/``key_padding_mask`` (PyTorch convention, ``True`` = padding), or
-    else the ``key_padding_mask`` of the first self-attention ``nn.MultiheadAttention`` call; None
-    when there is none. Causal masking needs nothing: causal layers simply record
-    lower-triangular attention.
+    its ``src_key_padding_mask``/``key_padding_mask`` (PyTorch convention, ``True`` = padding) —
+    for encoder–decoder models the mask of the recorded part (see
+    :mod:`~captum_attnflow.capture.masks`) — or else the ``key_padding_mask`` of the first
+    self-attention ``nn.MultiheadAttention`` call; None when there is none. Causal masking needs
+    nothing: causal layers simply record lower-triangular attention.
+
+    **Encoder–decoder models** (Hugging Face ``config.is_encoder_decoder``, ``nn.Transformer``)
+    have two self-attention graphs; auto-discovery refuses to guess and names the modules to pass
+    as ``attention_layers=`` (the encoder's, or the decoder's with its cross-attention).
 
     **Hooks and global state.** Hooks are registered by ``attach()``/``__enter__`` and removed by
     ``remove()``/``__exit__`` — also when the forward pass raises. While attached, PyTorch's MHA
@@ -175,6 +176,7 @@ class AttentionRecorder:
             self._layers = discover_attention_layers(model)
         else:
             self._layers = select_attention_layers(model, attention_layers)
+        self._mask_arguments = mask_arguments(model, self._layers)
         self._handles: list = []
         self._calls: list[_Call] = []
         self._running: _Pass | None = None
@@ -243,7 +245,7 @@ class AttentionRecorder:
 
     def _pass_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._recorded = None
-        self._running = _Pass(mask=_mask_from_call(module, args, kwargs))
+        self._running = _Pass(mask=mask_from_call(module, args, kwargs, self._mask_arguments))
 
     def _pass_hook(self, module: nn.Module, args: tuple, output) -> None:
         running, self._running = self._running, None
@@ -272,12 +274,9 @@ class AttentionRecorder:
                 call.interceptor.__exit__(None, None, None)
             if output is None:  # the module raised
                 return None
-            weights = self._weights(call, module, args, kwargs, output)
             if self._running is not None:  # None: the module was called outside a model call
-                self._store(call, weights)
-            if call.mha is not None:
-                return restore_mha_output(output, call.mha)
-            return None
+                self._store(call, self._weights(call, module, args, kwargs, output))
+            return None if call.mha is None else restore_mha_output(output, call.mha)
 
         return hook
 
@@ -304,9 +303,9 @@ class AttentionRecorder:
         elif call.sdpa_weights:
             weights = call.sdpa_weights[0]
             source = "F.scaled_dot_product_attention"
-        elif isinstance(output, (tuple, list)) and len(output) > 1 and isinstance(output[1], torch.Tensor):
-            weights = output[1]
-            source = "output[1]"
+        elif _returned_tensor(output, call.layer.output_index) is not None:
+            weights = _returned_tensor(output, call.layer.output_index)
+            source = f"output[{call.layer.output_index}]"
         else:
             implementation = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
             hint = (
@@ -317,8 +316,9 @@ class AttentionRecorder:
             )
             raise ValueError(
                 f"{where} produced no attention weights: it neither called "
-                f"F.scaled_dot_product_attention nor returned weights as output[1].{hint} For a "
-                f"custom module pass extractor=fn(module, args, kwargs, output) -> (batch, heads, n, n)."
+                f"F.scaled_dot_product_attention nor returned weights as "
+                f"output[{call.layer.output_index}].{hint} For a custom module pass "
+                f"extractor=fn(module, args, kwargs, output) -> (batch, heads, n, n)."
             )
         if not isinstance(weights, torch.Tensor) or weights.dim() != 4:
             shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
@@ -391,12 +391,23 @@ class AttentionRecorder:
                 f"{missing}. An early exit or skipped layers leave the attention graph incomplete; "
                 f"pass attention_layers= with the modules that run."
             )
-        if not self._recorded.attentions:
+        recorded = self._recorded
+        if not recorded.attentions:
             raise RuntimeError(
-                f"the last forward pass recorded only cross-attention ({self._recorded.cross_layers}); "
+                f"the last forward pass recorded only cross-attention ({recorded.cross_layers}); "
                 f"there is no self-attention graph."
             )
-        return self._recorded
+        first = recorded.attentions[0]
+        for name, layer in zip(recorded.layers, recorded.attentions):
+            if layer.shape[0] != first.shape[0] or layer.shape[-1] != first.shape[-1]:
+                raise RuntimeError(
+                    f"self-attention layer {name!r} has shape {tuple(layer.shape)} but layer "
+                    f"{recorded.layers[0]!r} has {tuple(first.shape)}: these layers do not form one "
+                    f"attention graph over the same tokens (an encoder and a decoder, or a model "
+                    f"that drops or merges tokens). Record the layers of one graph with "
+                    f"attention_layers=."
+                )
+        return recorded
 
     @property
     def attentions(self) -> list[torch.Tensor]:
@@ -443,16 +454,9 @@ class AttentionRecorder:
         return as_attention_stack(self.attentions, name="recorder.attentions")[0]
 
 
-def _mask_from_call(model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """The ``(batch, n)`` padding mask (``True`` = real token) among the model call's arguments."""
-    try:
-        arguments = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
-    except (TypeError, ValueError):
-        arguments = kwargs
-    for name, marks_padding in MASK_ARGUMENTS.items():
-        mask = arguments.get(name)
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            if marks_padding:
-                return live_tokens_from_key_padding_mask(mask).detach()
-            return mask.detach().bool()
+def _returned_tensor(output, index: int) -> torch.Tensor | None:
+    """``output[index]`` when ``output`` is a tuple/list holding a tensor there, else None."""
+    if isinstance(output, (tuple, list)) and -len(output) <= index < len(output):
+        item = output[index]
+        return item if isinstance(item, torch.Tensor) else None
     return None

@@ -35,13 +35,6 @@ class MHACall:
     key_padding_mask: torch.Tensor | None
 
 
-def live_tokens_from_key_padding_mask(key_padding_mask: torch.Tensor) -> torch.Tensor:
-    """``(batch, n)`` key padding mask (bool ``True`` or float ``-inf`` = padding) -> ``True`` = real token."""
-    if key_padding_mask.dtype == torch.bool:
-        return ~key_padding_mask
-    return ~torch.isneginf(key_padding_mask)
-
-
 def prepare_mha_call(module: nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[tuple, dict, MHACall]:
     """Rewrite the arguments of an ``nn.MultiheadAttention`` call to return per-head weights.
 
