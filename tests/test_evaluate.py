@@ -31,8 +31,7 @@ transformers = pytest.importorskip("transformers")
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(35)]
 PAD, UNK, CLS, SEP = 0, 1, 2, 3
-# BERT layer-normalises its embeddings, so |sum_d g_d| (the paper's GPT-2 choice) is ~0 here: use l2.
-SETTINGS = dict(protected=(0, -1), progress=False, resamples=200, gradient_reduction="l2", flow_solver="scipy")
+SETTINGS = dict(protected=(0, -1), progress=False, resamples=200, flow_solver="scipy")
 
 
 def tiny_bert(seed: int = 0):
@@ -250,6 +249,21 @@ def test_scores_and_metrics_match_independent_computation(classifier, serial):
     assert metrics["aopc_sufficiency"][2] == pytest.approx(np.mean(sufficiency), abs=1e-6)
 
 
+def test_captum_methods_of_every_kind(classifier, serial):
+    """Occlusion (built in) and FeatureAblation, one blanked token each, are the blank-out score;
+    a Layer attribution on the embedding layer gives one score per token."""
+    from captum.attr import FeatureAblation, LayerIntegratedGradients
+
+    methods = [CaptumMethod("ablation", FeatureAblation),
+               CaptumMethod("lig", LayerIntegratedGradients, attribute_kwargs={"baselines": UNK, "n_steps": 8})]
+    result = evaluate(classifier, make_data(10)[:4], methods, batch_size=4, **SETTINGS)
+    for record, reference in zip(result.examples, serial.examples):
+        np.testing.assert_allclose(record["scores"]["ablation"][0], reference["scores"]["blank_out"], atol=1e-6)
+        np.testing.assert_allclose(reference["scores"]["occlusion"][0], reference["scores"]["blank_out"], atol=1e-6)
+        assert np.shape(record["scores"]["lig"]) == (1, record["tokens"])
+        assert np.all(np.isfinite(record["scores"]["lig"])) and np.ptp(record["scores"]["lig"]) > 0
+
+
 def test_padded_batches_equal_examples_alone(classifier, serial):
     alone = evaluate(classifier, make_data(10), "raw,rollout,flow,ig,occlusion", batch_size=1, **SETTINGS)
     assert_same_records(serial.examples, alone.examples, exact=False)
@@ -436,3 +450,36 @@ def test_dask_local_cluster_equals_serial(classifier, serial, dask_client):
                       executor=dask_client.get_executor(), **SETTINGS)
     assert result.lost == {} and result.errors == {}
     assert_same_records(serial.examples, result.examples, exact=True)
+
+
+def test_agreement_model_through_the_cli(tmp_path):
+    """The built-in agreement model (a small checkpoint here): CLI wiring and padded = alone."""
+    from captum_attnflow.agreement.data import PAD, UNK, encode, generate_splits, vocabulary
+    from captum_attnflow.agreement.model import AgreementModel, ModelConfig, load_checkpoint, save_checkpoint
+    from captum_attnflow.cli import main
+    from captum_attnflow.evaluation.models import AgreementClassifier
+
+    torch.manual_seed(0)
+    words = vocabulary()
+    sizes = {"train": 20, "valid": 5, "test": 8}
+    path = tmp_path / "agreement.pt"
+    untrained = AgreementModel(ModelConfig(layers=2, heads=2, hidden=16), len(words))
+    for weight in untrained.parameters():  # large weights: scores far apart, no near-ties
+        if weight.dim() > 1:
+            torch.nn.init.normal_(weight, std=0.5)
+    save_checkpoint(untrained, path, metadata={"data_seed": 3, "data_sizes": sizes})
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", str(path), "--examples", "6", "--methods", "raw,rollout,flow,saliency",
+                 "--out", str(out), "--no-progress", "--flow-solver", "scipy", "--resamples", "50"]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["finished"] == 6 and summary["failed"] == 0
+    test = generate_splits(3, **sizes).test[:6]
+    first = json.loads((out / "examples.jsonl").read_text().splitlines()[0])
+    assert first["label"] == test[0].label and first["tokens"] == len(test[0].tokens)
+
+    model, _ = load_checkpoint(path)
+    classifier = AgreementClassifier(model, blank_id=words.index(UNK), pad_id=words.index(PAD))
+    data = list(zip(encode(test), [e.label for e in test]))
+    batched = evaluate(classifier, data, "raw,rollout,flow,saliency", batch_size=6, **SETTINGS)
+    alone = evaluate(classifier, data, "raw,rollout,flow,saliency", batch_size=1, **SETTINGS)
+    assert_same_records(batched.examples, alone.examples, exact=False)

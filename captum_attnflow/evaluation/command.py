@@ -10,7 +10,9 @@ and writes to --out DIR:
   results.json    the same table plus the numbers of finished, failed and lost examples
 
 Models and data:
-  --model agreement           the shipped verb-agreement model; --data agreement (its test split)
+  --model agreement           the shipped verb-agreement model; --data agreement (the test split
+                              of the data it was trained on); --model FILE.pt: another checkpoint
+                              written by `captum-attnflow reproduce --retrain`
   --model DIR                 a local Hugging Face sequence-classification model + tokenizer;
                               --data FILE.txt (one text per line, target = predicted class) or
                               FILE.csv (column "text", optional column "label": index or name)
@@ -49,7 +51,9 @@ def _position(text: str):
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="'agreement' or a local Hugging Face model directory")
+    parser.add_argument("--model", required=True,
+                        help="'agreement' (the shipped checkpoint), an agreement checkpoint FILE.pt, or a local "
+                             "Hugging Face model directory")
     parser.add_argument("--data", help="'agreement' (default with --model agreement) or a .txt/.csv file")
     parser.add_argument("--methods", default="raw,rollout,flow",
                         help="comma-separated: raw,rollout,flow,saliency,ixg,ig,occlusion,ablation (default raw,rollout,flow)")
@@ -58,7 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=0, help="local worker processes for flow (default 0: in-process)")
     parser.add_argument("--dask", metavar="ADDRESS", help="solve flow on the Dask scheduler at ADDRESS instead")
     parser.add_argument("--examples", type=int, help="evaluate only the first N examples")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the agreement data and the bootstrap (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per padded batch (default 8)")
     parser.add_argument("--position", type=_position, default=0,
                         help="query traced by attention methods (default 0 = [CLS]; -1 = last token; 'max')")
@@ -68,8 +72,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="AOPC fractions of tokens (default 0.1,0.2,0.3,0.4,0.5)")
     parser.add_argument("--deletion", choices=("blank", "remove"), default="blank",
                         help="AOPC deletes a token by the blank id or by removing it (default blank)")
-    parser.add_argument("--gradient-reduction", choices=("abs_sum", "l2", "sum"), default="abs_sum",
-                        help="per-token reduction of gradients (default abs_sum = |sum_d g_d|, the paper)")
+    parser.add_argument("--gradient-reduction", choices=("abs_sum", "l2", "sum"), default="l2",
+                        help="per-token reduction of the gradient reference (default l2; abs_sum = |sum_d g_d| "
+                             "as the paper's code is ~0 for LayerNorm-ed embeddings)")
     parser.add_argument("--max-length", type=int, help="maximum tokens per example (default: the model's)")
     parser.add_argument("--truncation", choices=("warn", "error"), default="warn",
                         help="too-long examples: cut with a warning, or record as failed (default warn)")
@@ -84,11 +89,12 @@ def _agreement(args):
     from captum_attnflow.evaluation.models import AgreementClassifier
 
     if args.data not in (None, "agreement"):
-        raise ValueError("--model agreement evaluates its own generated data; use --data agreement (or omit --data).")
-    model, _ = load_checkpoint(shipped_checkpoint_path())
+        raise ValueError("the agreement model evaluates its own generated data; use --data agreement (or omit --data).")
+    model, metadata = load_checkpoint(shipped_checkpoint_path() if args.model == "agreement" else args.model)
     words = vocabulary()
     classifier = AgreementClassifier(model, blank_id=words.index(UNK), pad_id=words.index(PAD))
-    test = generate_splits(args.seed).test
+    # the test split of the data the checkpoint was trained with (never seen in training)
+    test = generate_splits(metadata["data_seed"], **metadata["data_sizes"]).test
     if args.examples is not None:
         test = test[: args.examples]
     return classifier, [(ids, e.label) for ids, e in zip(encode(test), test)]
@@ -164,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     try:
-        classifier, data = _agreement(args) if args.model == "agreement" else _huggingface(args)
+        agreement = args.model == "agreement" or args.model.endswith(".pt")
+        classifier, data = _agreement(args) if agreement else _huggingface(args)
         executor, close = _executor(args)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -6,10 +6,11 @@ single row for the other attributions (:class:`CaptumMethod`, any ``captum.attr`
 Attention flow is the expensive one, so it is not computed here but shipped to an executor as
 one small numpy graph per example (:func:`flow_task`); the model never leaves the main process.
 
-Built-in names (:data:`METHODS`): ``raw``, ``rollout``, ``flow``, ``saliency``, ``ixg``
-(InputXGradient), ``ig`` (IntegratedGradients), ``occlusion`` and ``ablation``
-(FeatureAblation). Gradient methods work on the input embeddings; perturbation methods replace
-token ids with the classifier's blank id, one token per feature.
+Built-in names (:data:`METHODS`): ``raw``, ``rollout``, ``flow``, ``saliency`` (gradient L2
+norm), ``ixg`` (InputXGradient), ``ig`` (IntegratedGradients, 32 steps, zero baseline),
+``occlusion`` and ``ablation`` (FeatureAblation). Gradient methods work on the input
+embeddings; perturbation methods replace token ids with the classifier's blank id, one token
+per feature.
 """
 
 from __future__ import annotations
@@ -172,10 +173,17 @@ class CaptumMethod(BatchMethod):
     Token scores are ``reduce_gradients(attribution, reduction)`` (a ``(batch, n)`` output is
     treated as ``d = 1``: ``abs_sum``/``l2`` give ``|a|``, ``sum`` keeps the sign).
 
+    Reduce a plain *gradient* (``Saliency``) with ``"l2"``: in a model whose embeddings reach
+    the output only through LayerNorms (BERT, pre-LN GPT-2 blocks) adding a constant to every
+    embedding dimension changes nothing, so ``Σ_d g_d`` is exactly 0 and ``"abs_sum"`` ranks
+    rounding noise. Attributions that multiply by the input (``InputXGradient``,
+    ``IntegratedGradients``) are not affected; the built-in names use ``l2`` for ``saliency``
+    and ``abs_sum`` for the others.
+
     Args:
         name: the name in results.
         attribution: a ``captum.attr`` Attribution class.
-        reduction: ``"abs_sum"`` (the paper's gradient score, default), ``"l2"`` or ``"sum"``.
+        reduction: ``"abs_sum"`` (default), ``"l2"`` or ``"sum"``.
         attribute_kwargs: extra keyword arguments of ``attribute`` (e.g. ``n_steps`` for IG).
     """
 
@@ -225,11 +233,11 @@ class CaptumMethod(BatchMethod):
         return [tokens[b, None, :n] for b, n in enumerate(batch.lengths)]
 
 
-def _captum(name: str, class_name: str, **attribute_kwargs) -> Callable[[], CaptumMethod]:
+def _captum(name: str, class_name: str, reduction: GradientReduction, **attribute_kwargs) -> Callable[[], CaptumMethod]:
     def build() -> CaptumMethod:
         import captum.attr
 
-        return CaptumMethod(name, getattr(captum.attr, class_name), attribute_kwargs=attribute_kwargs)
+        return CaptumMethod(name, getattr(captum.attr, class_name), reduction=reduction, attribute_kwargs=attribute_kwargs)
 
     return build
 
@@ -239,11 +247,11 @@ METHODS: dict[str, Callable[[], EvaluationMethod]] = {
     "raw": lambda: AttentionMethod("raw"),
     "rollout": lambda: AttentionMethod("rollout"),
     "flow": FlowMethod,
-    "saliency": _captum("saliency", "Saliency", abs=False),
-    "ixg": _captum("ixg", "InputXGradient"),
-    "ig": _captum("ig", "IntegratedGradients", n_steps=32),
-    "occlusion": _captum("occlusion", "Occlusion"),
-    "ablation": _captum("ablation", "FeatureAblation"),
+    "saliency": _captum("saliency", "Saliency", "l2", abs=False),
+    "ixg": _captum("ixg", "InputXGradient", "abs_sum"),
+    "ig": _captum("ig", "IntegratedGradients", "abs_sum", n_steps=32),
+    "occlusion": _captum("occlusion", "Occlusion", "abs_sum"),
+    "ablation": _captum("ablation", "FeatureAblation", "abs_sum"),
 }
 
 

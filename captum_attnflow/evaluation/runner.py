@@ -303,7 +303,7 @@ def evaluate(
     position: Position = 0,
     head_fusion: str = "mean",
     residual: bool = True,
-    gradient_reduction: GradientReduction = "abs_sum",
+    gradient_reduction: GradientReduction = "l2",
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     deletion: Deletion = "blank",
     protected: Sequence[int] | None = None,
@@ -341,8 +341,11 @@ def evaluate(
             each example's end, e.g. ``-1`` for a causal LM's last token), or ``"max"`` for the
             maximum over all query positions per token (the paper's SST-2 protocol).
         head_fusion, residual: attention-graph options (see :func:`captum_attnflow.rollout`).
-        gradient_reduction: per-token reduction of embedding gradients and of Captum embedding
-            attributions: ``"abs_sum"`` (the paper), ``"l2"`` or ``"sum"``.
+        gradient_reduction: per-token reduction of the input-gradient reference: ``"l2"``
+            (default), ``"abs_sum"`` (``|Σ_d g_d|``, the paper's code) or ``"sum"``. ``abs_sum`` is
+            exactly 0 up to rounding for models whose embeddings reach the output only through
+            LayerNorms (BERT; pre-LN GPT-2 blocks such as the agreement model), where adding a
+            constant to every embedding dimension changes nothing — so its ranks are noise there.
         fractions: AOPC shares ``k`` of the perturbable tokens, each in ``(0, 1]``.
         deletion: ``"blank"`` (replace by the blank id) or ``"remove"`` (drop the token).
         protected: positions never perturbed by AOPC (negative from the end), e.g. ``(0, -1)`` for
