@@ -16,6 +16,10 @@ Auto-discovery tries, in order:
    ``torch.nn.MultiheadAttention`` (also inside ``nn.TransformerEncoder``/``Decoder``), timm's
    ``Attention`` and most hand-written modules.
 
+Encoder–decoder models (:func:`encoder_decoder_parts`) have two self-attention graphs, so
+auto-discovery stops there with an error naming the glob patterns of both parts; the user picks
+one with ``attention_layers=``.
+
 Explicit ``attention_layers`` are modules of the model, or names: a ``str`` is a glob pattern on
 qualified module names where ``*`` matches within one dot-separated part, ``**`` across parts and
 ``?`` one character (``"encoder.layer.*.attention.self"``, ``"**.attn"``); a compiled

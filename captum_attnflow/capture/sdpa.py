@@ -60,7 +60,7 @@ def sdpa_attention_weights(
 
     Returns:
         ``(..., query_heads, L, S)`` weights, rows summing to 1 (0 for fully masked rows), in the
-        dtype of ``query``.
+        dtype of ``query`` (float16/bfloat16 scores go through the softmax in float32).
     """
     length, source = query.shape[-2], key.shape[-2]
     if enable_gqa and key.shape[-3] != query.shape[-3]:
@@ -75,7 +75,9 @@ def sdpa_attention_weights(
             scores = scores.masked_fill(~attn_mask, float("-inf"))
         else:
             scores = scores + attn_mask
-    weights = torch.softmax(scores, dim=-1)
+    # Half-precision scores are normalised in float32, like the fused kernels do.
+    low_precision = scores.dtype in (torch.float16, torch.bfloat16)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32 if low_precision else None).to(scores.dtype)
     fully_masked = torch.isneginf(scores).all(dim=-1, keepdim=True)
     return weights.masked_fill(fully_masked, 0.0)
 
