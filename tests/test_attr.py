@@ -294,3 +294,35 @@ def test_patch_grid_shapes_and_errors():
         patch_grid(scores, grid=(3, 3))
     with pytest.raises(ValueError, match="prefix_tokens"):
         patch_grid(scores, prefix_tokens=-1)
+
+
+def test_gradient_weighted_rollout_with_sdpa_equals_eager(bert, batch):
+    ids, mask = batch
+    config = transformers.BertConfig.from_dict({**bert.config.to_dict(), "attn_implementation": "sdpa"})
+    sdpa = transformers.BertForSequenceClassification(config).eval()
+    sdpa.load_state_dict(bert.state_dict())
+    kwargs = dict(target=1, additional_forward_args={"attention_mask": mask}, layer="all")
+    torch.testing.assert_close(
+        GradientWeightedRollout(sdpa).attribute(ids, **kwargs), GradientWeightedRollout(bert).attribute(ids, **kwargs),
+        atol=1e-6, rtol=1e-4,
+    )
+
+
+def test_gradient_weighted_rollout_on_multihead_attention():
+    """nn.TransformerEncoder (weights from nn.MultiheadAttention) against the recorder's own
+    ``.grad`` after ``backward()`` (its documented keep_graph contract) and a Chefer loop."""
+    from captum_attnflow.capture import AttentionRecorder
+
+    torch.manual_seed(0)
+    block = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    encoder = nn.TransformerEncoder(block, 2, enable_nested_tensor=False)
+    model = nn.Sequential(encoder, nn.Linear(8, 3)).eval()  # (batch, 5, 3): a score per position
+    x = torch.randn(2, 5, 8)
+    with AttentionRecorder(model, keep_graph=True) as recorder:
+        model(x)[:, 0, 2].sum().backward()
+    relevance = torch.eye(5).repeat(2, 1, 1)
+    for attention in recorder.attentions:
+        relevance = relevance + (attention.grad * attention).clamp(min=0).mean(1) @ relevance
+    model.zero_grad()
+    got = GradientWeightedRollout(model).attribute(x, target=(0, 2), position="all")
+    torch.testing.assert_close(got, relevance.detach(), atol=1e-6, rtol=1e-5)

@@ -285,7 +285,7 @@ class AttentionAttribution(Attribution):
         recorder = AttentionRecorder(
             self.model, self.attention_layers, self.extractor, head_fusion=head_fusion, keep_graph=keep_graph
         )
-        with recorder, torch.set_grad_enabled(keep_graph or torch.is_grad_enabled()):
+        with recorder, torch.set_grad_enabled(keep_graph):
             output = self.model(*args, **kwargs)
         attentions = recorder.attentions
         batch = inputs[0].shape[0]
