@@ -97,6 +97,52 @@ def _embedding_forward(layer: nn.Module, forward: Callable, input_ids: Tensor) -
     return run
 
 
+def captum_token_scores(
+    name: str,
+    forward: Callable,
+    input_ids: Tensor,
+    extra: tuple,
+    target,
+    *,
+    baseline_token_id: int | None,
+    embedding_layer: nn.Module | None,
+    gradient_reduction: str,
+    n_steps: int,
+    occlusion_window: int,
+) -> Tensor:
+    """One Captum baseline of :data:`CAPTUM_METHODS`, reduced to ``(batch, n)``.
+
+    ``forward(input_ids, *extra)`` returns the scores ``target`` selects from; the other
+    arguments are those of :func:`compare_attributions`.
+    """
+    if name == "ablation":
+        with torch.no_grad():
+            return FeatureAblation(forward).attribute(
+                input_ids, baselines=int(baseline_token_id), target=target, additional_forward_args=extra
+            )
+    if name == "occlusion":
+        with torch.no_grad():
+            return Occlusion(forward).attribute(
+                input_ids, sliding_window_shapes=(occlusion_window,), baselines=int(baseline_token_id),
+                target=target, additional_forward_args=extra,
+            )
+    if name == "layer_integrated_gradients":
+        attributions = LayerIntegratedGradients(forward, embedding_layer).attribute(
+            input_ids, baselines=torch.full_like(input_ids, int(baseline_token_id)), target=target,
+            additional_forward_args=extra, n_steps=n_steps,
+        )
+        return reduce_gradients(attributions.detach(), gradient_reduction)
+    embeddings = _hooked_output(embedding_layer, forward, (input_ids, *extra)).requires_grad_()
+    embedded = _embedding_forward(embedding_layer, forward, input_ids)
+    if name == "saliency":
+        attributions = Saliency(embedded).attribute(embeddings, target=target, abs=False, additional_forward_args=extra)
+    elif name == "input_x_gradient":
+        attributions = InputXGradient(embedded).attribute(embeddings, target=target, additional_forward_args=extra)
+    else:
+        raise ValueError(f"unknown Captum method {name!r}; choose one of {CAPTUM_METHODS}.")
+    return reduce_gradients(attributions.detach(), gradient_reduction)
+
+
 def compare_attributions(
     model: nn.Module,
     input_ids: Tensor,
@@ -230,31 +276,12 @@ def compare_attributions(
             kwargs = {"method": flow_method} if name == "flow" else {}
             method = ATTENTION_METHODS[name](forward, attention_layers=attention_layers, extractor=extractor, **kwargs)
             scores = method.attribute_recorded(attentions, mask, **options)
-        elif name == "ablation":
-            with torch.no_grad():
-                scores = FeatureAblation(scores_of).attribute(
-                    input_ids, baselines=int(baseline_token_id), target=target, additional_forward_args=extra
-                )
-        elif name == "occlusion":
-            with torch.no_grad():
-                scores = Occlusion(scores_of).attribute(
-                    input_ids, sliding_window_shapes=(occlusion_window,), baselines=int(baseline_token_id),
-                    target=target, additional_forward_args=extra,
-                )
-        elif name == "layer_integrated_gradients":
-            attributions = LayerIntegratedGradients(scores_of, embedding_layer).attribute(
-                input_ids, baselines=torch.full_like(input_ids, int(baseline_token_id)), target=target,
-                additional_forward_args=extra, n_steps=n_steps,
-            )
-            scores = reduce_gradients(attributions.detach(), gradient_reduction)
         else:
-            embeddings = _hooked_output(embedding_layer, scores_of, (input_ids, *extra)).requires_grad_()
-            embedded = _embedding_forward(embedding_layer, scores_of, input_ids)
-            if name == "saliency":
-                attributions = Saliency(embedded).attribute(embeddings, target=target, abs=False, additional_forward_args=extra)
-            else:
-                attributions = InputXGradient(embedded).attribute(embeddings, target=target, additional_forward_args=extra)
-            scores = reduce_gradients(attributions.detach(), gradient_reduction)
+            scores = captum_token_scores(
+                name, scores_of, input_ids, extra, target, baseline_token_id=baseline_token_id,
+                embedding_layer=embedding_layer, gradient_reduction=gradient_reduction, n_steps=n_steps,
+                occlusion_window=occlusion_window,
+            )
         scores = scores.detach().to(input_ids.device)
         if not scores.is_floating_point():
             scores = scores.float()
