@@ -4,17 +4,28 @@ Nodes ``(l, j)`` for ``l = 0..L`` (layer 0 = the input tokens), arcs ``(l, i) ->
 capacity ``Â_l[i, j]`` (heads fused, residual, row-normalised; see :mod:`captum_attnflow.graph`).
 The flow attribution of output node ``(l, i)`` to input token ``j`` is
 ``maxflow((l, i) -> (0, j))``, one single-sink problem per ``j``, normalised over ``j``.
+
+The work is split into *groups*: one graph (an example, or an example and head for
+:func:`head_flow`) cut at one layer, with all its requested output positions, so that the
+``"fast"`` solver sorts the arcs of a graph once for all its positions. Groups can run in
+``workers`` processes.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ProcessPoolExecutor
 from typing import Iterable, Sequence
 
+import numba
 import numpy as np
 import torch
 
 from captum_attnflow.graph import check_index, head_graph, prepare_graph, to_output
-from captum_attnflow.maxflow import SOLVERS
+from captum_attnflow.maxflow import SOLVERS, max_flows
+
+#: A group of tasks: ``(graph index, 0-based layer, output positions)``.
+Group = tuple[int, int, list[int]]
 
 
 def _indices(value, size: int, name: str, what: str) -> list[int]:
@@ -33,48 +44,105 @@ def _indices(value, size: int, name: str, what: str) -> list[int]:
     return sorted(set(out))
 
 
-def _solver(method: str):
+def _method(method: str) -> str:
+    """Resolve ``"auto"`` (the fastest exact solver) and reject unknown names."""
     if method == "auto":
-        method = "networkx" if "fast" not in SOLVERS else "fast"
-    try:
-        return SOLVERS[method]
-    except KeyError:
-        raise ValueError(f"unknown flow method {method!r}; choose one of {('auto',) + tuple(SOLVERS)}.") from None
+        return "fast" if "fast" in SOLVERS else "networkx"
+    if method not in SOLVERS:
+        raise ValueError(f"unknown flow method {method!r}; choose one of {('auto',) + tuple(SOLVERS)}.")
+    return method
 
 
-def flow_row(capacities: np.ndarray, source: int, live: np.ndarray | None, solver) -> np.ndarray:
-    """Normalised flow from the top node ``source`` of ``capacities`` ``(l, n, n)`` to every input.
+def _workers(workers) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
+        raise TypeError(f"workers must be a positive integer (number of processes); got {type(workers).__name__}.")
+    if workers < 1:
+        raise ValueError(f"workers={workers} must be at least 1 (1 = solve in this process).")
+    return int(workers)
 
-    Padded tokens (``live[j] = False``) are removed from the graph before solving and get 0.
+
+def flow_rows(
+    capacities: np.ndarray,
+    sources: Sequence[int],
+    live: np.ndarray | None,
+    method: str,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Normalised flow from the top nodes ``sources`` of ``capacities`` ``(l, n, n)`` to every input.
+
+    Padded tokens (``live[j] = False``) are removed from the graph before solving and get 0; a
+    padded source gets a zero row.
+
+    Returns:
+        float64 ``(len(sources), n)``; live rows sum to 1.
     """
     n = capacities.shape[-1]
-    if live is not None and not live.all():
-        keep = np.flatnonzero(live)
-        sub = capacities[:, keep][:, :, keep]
-        values = np.zeros(n, dtype=np.float64)
-        values[keep] = solver(np.ascontiguousarray(sub), int(np.searchsorted(keep, source)))
-    else:
-        values = solver(np.ascontiguousarray(capacities), source)
-    total = values.sum()
-    return values / total if total > 0 else values
+    rows = np.zeros((len(sources), n))
+    keep = np.arange(n) if live is None else np.flatnonzero(live)
+    solved = [index for index, source in enumerate(sources) if live is None or live[source]]
+    if not solved:
+        return rows
+    if len(keep) < n:
+        capacities = capacities[:, keep][:, :, keep]
+    local = np.searchsorted(keep, [sources[index] for index in solved])
+    values = max_flows(method, np.ascontiguousarray(capacities), local, threads)
+    totals = values.sum(axis=1, keepdims=True)
+    rows[np.ix_(solved, keep)] = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
+    return rows
 
 
-def _flow(graphs: np.ndarray, live: np.ndarray | None, tasks: Sequence[tuple[int, int, int]], solver) -> dict:
-    """Solve every ``(batch, layer, position)`` task on ``graphs`` ``(batch, L, n, n)``."""
-    results = {}
-    for b, layer, position in tasks:
-        example_live = None if live is None else live[b]
-        if example_live is not None and not example_live[position]:
-            results[(b, layer, position)] = np.zeros(graphs.shape[-1])
-            continue
-        results[(b, layer, position)] = flow_row(graphs[b, : layer + 1], position, example_live, solver)
+def _solve_group(graphs: np.ndarray, live: np.ndarray | None, group: Group, method: str, threads: int | None):
+    index, layer, positions = group
+    example_live = None if live is None else live[index]
+    return flow_rows(graphs[index, : layer + 1], positions, example_live, method, threads)
+
+
+_SHARED: dict = {}
+
+
+def _init_worker(graphs: np.ndarray, live: np.ndarray | None, method: str) -> None:
+    """Process-pool initialiser: keep the graphs, use one thread (BLAS and numba) per worker."""
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = "1"
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    _SHARED.update(graphs=graphs, live=live, method=method)
+
+
+def _solve_group_in_worker(group: Group) -> np.ndarray:
+    return _solve_group(_SHARED["graphs"], _SHARED["live"], group, _SHARED["method"], 1)
+
+
+def _solve(graphs: np.ndarray, live: np.ndarray | None, groups: list[Group], method: str, workers: int, progress: bool):
+    """Solve every group of ``graphs`` ``(graphs, L, n, n)``: ``workers`` processes, optional tqdm bar."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(len(group[2]) for group in groups), desc=f"attention flow ({method})", unit="row")
+    results = []
+    try:
+        if workers == 1 or len(groups) == 1:
+            for group in groups:
+                results.append(_solve_group(graphs, live, group, method, None))
+                if bar is not None:
+                    bar.update(len(group[2]))
+        else:
+            with ProcessPoolExecutor(min(workers, len(groups)), initializer=_init_worker, initargs=(graphs, live, method)) as pool:
+                for group, rows in zip(groups, pool.map(_solve_group_in_worker, groups)):
+                    results.append(rows)
+                    if bar is not None:
+                        bar.update(len(group[2]))
+    finally:
+        if bar is not None:
+            bar.close()
     return results
 
 
-def _assemble(shape, tasks, results, dtype, device) -> torch.Tensor:
+def _assemble(shape, groups: list[Group], results, dtype, device) -> torch.Tensor:
     out = np.full(shape, np.nan, dtype=np.float64)
-    for b, layer, position in tasks:
-        out[b, layer, position] = results[(b, layer, position)]
+    for (index, layer, positions), rows in zip(groups, results):
+        out[index, layer, positions] = rows
     return torch.as_tensor(out, device=device).to(dtype)
 
 
@@ -88,6 +156,8 @@ def attention_flow(
     layers=None,
     method: str = "auto",
     renormalize: bool = False,
+    workers: int = 1,
+    progress: bool = False,
 ):
     """Attention flow for the requested output positions and layers.
 
@@ -100,9 +170,16 @@ def attention_flow(
             removed from the graph: their attribution is 0 and their own rows are 0.
         output_positions: query positions ``i`` to trace (int, sequence, or ``None`` for all).
         layers: 0-based layers ``l-1`` to compute (int, sequence, or ``None`` for all).
-        method: max-flow solver, ``"auto"`` (the fastest exact one) or a name in
-            :data:`captum_attnflow.maxflow.SOLVERS` (``"networkx"`` is the reference).
+        method: max-flow solver, ``"auto"`` (``"fast"``, the exact compiled solver) or a name in
+            :data:`captum_attnflow.maxflow.SOLVERS` (``"networkx"`` is the reference, ``"scipy"``
+            a baseline). Every solver is exact; they differ only in speed.
         renormalize: divide attention rows by their sums instead of rejecting rows off 1.
+        workers: processes solving ``(example, layer)`` groups in parallel. ``1`` (default) solves
+            here; the ``"fast"`` solver then already shares each graph's sinks over all cores
+            (numba's thread count), so more workers pay mainly for the single-threaded
+            ``"scipy"``/``"networkx"`` solvers and for many small graphs. Each worker uses one
+            thread.
+        progress: show a tqdm progress bar (one step per output row).
 
     Returns:
         ``(batch, L, n, n)``: ``out[b, l-1, i, j] = maxflow((l, i) -> (0, j))`` normalised over
@@ -115,12 +192,13 @@ def attention_flow(
     batch, num_layers, n, _ = augmented.shape
     layer_list = _indices(layers, num_layers, "layers", "layers")
     positions = _indices(output_positions, n, "output_positions", "positions")
-    solver = _solver(method)
+    method = _method(method)
+    workers = _workers(workers)
     graphs = augmented.detach().to("cpu", torch.float64).numpy()
     live = None if mask is None else mask.cpu().numpy()
-    tasks = [(b, l, i) for b in range(batch) for l in layer_list for i in positions]
-    results = _flow(graphs, live, tasks, solver)
-    out = _assemble((batch, num_layers, n, n), tasks, results, augmented.dtype, augmented.device)
+    groups = [(b, layer, positions) for b in range(batch) for layer in layer_list]
+    results = _solve(graphs, live, groups, method, workers, progress)
+    out = _assemble((batch, num_layers, n, n), groups, results, augmented.dtype, augmented.device)
     return to_output(out, was_numpy)
 
 
@@ -135,12 +213,15 @@ def head_flow(
     output_positions=None,
     method: str = "auto",
     renormalize: bool = False,
+    workers: int = 1,
+    progress: bool = False,
 ):
     """Per-head "input attention" by flow (appendix A.1).
 
     The graph has the layers below ``layer`` fused single-head (with the residual) and head
     ``h``'s own matrix of ``layer`` (with the residual, row-normalised) as the top layer; the flow
     from ``(layer, i)`` to each input token is computed on that graph and normalised.
+    ``method``, ``workers`` and ``progress`` are as in :func:`attention_flow`.
 
     Returns:
         ``(batch, heads, n, n)`` (``heads = 1`` when ``head`` is given); unrequested rows NaN.
@@ -155,14 +236,14 @@ def head_flow(
     if head is not None:
         heads = [check_index(head, stack.shape[2], "head", "heads")]
     positions = _indices(output_positions, n, "output_positions", "positions")
-    solver = _solver(method)
+    method = _method(method)
+    workers = _workers(workers)
     below = augmented[:, :layer].detach().to("cpu", torch.float64).numpy()
     tops = top[:, heads].detach().to("cpu", torch.float64).numpy()
     graphs = np.concatenate([np.repeat(below[:, None], len(heads), axis=1), tops[:, :, None]], axis=2)
     graphs = graphs.reshape(batch * len(heads), layer + 1, n, n)
     live = None if mask is None else np.repeat(mask.cpu().numpy(), len(heads), axis=0)
-    last = layer  # index of the top layer inside each per-head graph
-    tasks = [(g, last, i) for g in range(batch * len(heads)) for i in positions]
-    results = _flow(graphs, live, tasks, solver)
-    out = _assemble((batch * len(heads), layer + 1, n, n), tasks, results, augmented.dtype, augmented.device)
-    return to_output(out[:, last].reshape(batch, len(heads), n, n), was_numpy)
+    groups = [(g, layer, positions) for g in range(batch * len(heads))]  # ``layer`` = the top layer
+    results = _solve(graphs, live, groups, method, workers, progress)
+    out = _assemble((batch * len(heads), layer + 1, n, n), groups, results, augmented.dtype, augmented.device)
+    return to_output(out[:, layer].reshape(batch, len(heads), n, n), was_numpy)

@@ -17,7 +17,7 @@ import torch
 from networkx.algorithms.flow import boykov_kolmogorov
 
 from captum_attnflow.flow import attention_flow, head_flow
-from captum_attnflow.maxflow import SOLVERS
+from captum_attnflow.maxflow import SOLVERS, fast_max_flows_many
 
 FIXTURE = Path(__file__).parent / "data" / "minilm_attention.npz"
 TOL = 1e-5
@@ -159,11 +159,13 @@ def test_flow_matches_networkx_on_real_attention(real_attention, real_expected, 
     """Real MiniLM attention (padded batch): [CLS] at the last layer, [CLS] and a word at layer 3."""
     attention, mask = real_attention
     raw = [attention[:, layer] for layer in range(attention.shape[1])]
-    out = attention_flow(raw, mask=mask, output_positions=[0, 2], layers=[2, 5], method=method)
-    assert isinstance(out, np.ndarray) and out.dtype == np.float32
-    for case in REAL_CASES:
-        np.testing.assert_allclose(out[case], real_expected[case], atol=TOL, rtol=0)
-    assert np.isnan(out[:, [0, 1, 3, 4]]).all() and np.isnan(out[:, :, 1]).all()
+    for b, layer, position in REAL_CASES:
+        out = attention_flow(raw, mask=mask, output_positions=position, layers=layer, method=method)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float32
+        np.testing.assert_allclose(out[b, layer, position], real_expected[b, layer, position], atol=TOL, rtol=0)
+        others = np.ones(out.shape[:3], dtype=bool)
+        others[:, layer, position] = False
+        assert np.isnan(out[others]).all()
 
 
 def test_real_attention_min_cut_is_not_the_trivial_cut(real_attention):
@@ -215,6 +217,43 @@ def test_solvers_on_sparse_and_disconnected_graphs(method):
     expected = reference_values(capacities, 2)
     assert (expected[3:] == 0).all()
     np.testing.assert_allclose(SOLVERS[method](capacities, 2), expected, atol=TOL, rtol=0)
+
+
+def test_fast_matches_scipy_on_every_real_position(real_attention):
+    """All output positions of a real example at every depth, one or two threads, vs scipy (exact
+    to ~1e-9 after its integer scaling) — many more sinks than networkx can afford."""
+    attention, _ = real_attention
+    capacities = build_capacities(attention[1], None, True)
+    n = capacities.shape[-1]
+    for layers in (2, 6):
+        expected = np.stack([SOLVERS["scipy"](capacities[:layers], source) for source in range(n)])
+        for threads in (1, 2):
+            got = fast_max_flows_many(capacities[:layers], range(n), threads)
+            np.testing.assert_allclose(got, expected, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_fast_matches_scipy_on_larger_random_graphs(residual):
+    rng = np.random.default_rng(21)
+    raw = random_attention(rng, 1, 6, 1, 48, sharpness=4.0)
+    capacities = build_capacities(np.stack(raw, axis=1)[0], None, residual)
+    for source in (0, 17):
+        np.testing.assert_allclose(
+            SOLVERS["fast"](capacities, source), SOLVERS["scipy"](capacities, source), atol=1e-7, rtol=0
+        )
+
+
+def test_workers_and_progress_give_the_same_result(capsys):
+    rng = np.random.default_rng(4)
+    raw = random_attention(rng, 3, 3, 2, 9)
+    mask = padding_mask(3, 9, rng)
+    serial = attention_flow(raw, mask=mask, output_positions=[0, 3], method="scipy")
+    parallel = attention_flow(raw, mask=mask, output_positions=[0, 3], method="scipy", workers=2, progress=True)
+    np.testing.assert_array_equal(np.isnan(serial), np.isnan(parallel))
+    np.testing.assert_allclose(serial, parallel, atol=0, rtol=0)
+    assert "attention flow (scipy)" in capsys.readouterr().err
+    heads = head_flow(raw, layer=2, output_positions=0, workers=2)
+    np.testing.assert_allclose(heads, head_flow(raw, layer=2, output_positions=0), atol=0, rtol=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,6 +347,15 @@ def test_unknown_method(small):
 def test_bad_positions_and_layers(small, kwargs, error, message):
     with pytest.raises(error, match=message):
         attention_flow(small, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "workers, error, message",
+    [(0, ValueError, "workers=0 must be at least 1"), (1.5, TypeError, "workers must be a positive integer")],
+)
+def test_bad_workers(small, workers, error, message):
+    with pytest.raises(error, match=message):
+        attention_flow(small, workers=workers)
 
 
 def test_head_flow_bad_layer_and_head(small):
