@@ -36,8 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed choosing the N test examples; with --retrain also the data and "
                              "training seed (default 0)")
-    parser.add_argument("--out", default="attnflow-reproduction", metavar="DIR",
-                        help="output folder for report, tables and figures (default ./attnflow-reproduction)")
+    parser.add_argument("--out", default="attnflow-output/reproduce", metavar="DIR",
+                        help="output folder for report, tables and figures (default ./attnflow-output/reproduce)")
     parser.add_argument("--retrain", action="store_true",
                         help="train the model again (about 4-5 min on one CPU core) instead of "
                              "loading the shipped checkpoint; saved to --checkpoint or DIR/checkpoint.pt")
