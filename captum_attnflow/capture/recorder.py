@@ -80,8 +80,9 @@ class AttentionRecorder:
        exactly the recorded weights (it equals the fused kernel's output up to floating-point
        rounding); nothing is recomputed after the fact and the model is never switched to
        another attention implementation.
-    4. Weights the module returns as ``output[1]`` (Hugging Face ``attn_implementation="eager"``):
-       taken as they are — equal to ``output_attentions``.
+    4. Weights the module returns as ``output[1]`` (Hugging Face ``attn_implementation="eager"``;
+       the index its ``_can_record_outputs`` entry declares, e.g. ``-1`` for T5): taken as they
+       are — equal to ``output_attentions``.
 
     A module for which none of these yields weights (e.g. flash or flex attention) is an error
     naming the module — never a silently missing layer. For Hugging Face grouped-query models
@@ -139,7 +140,8 @@ class AttentionRecorder:
             after ``output.backward()`` ``recorder.attentions[l].grad`` holds the gradient of the
             output with respect to that layer's attention (the weights that actually multiplied
             the values) — what gradient-weighted rollout (Chefer et al. 2021) needs. Requires
-            gradients enabled during the forward pass and ``head_fusion=None``.
+            gradients enabled during the forward pass and ``head_fusion=None``; an extractor must
+            then return the very tensor that multiplied the values (not a copy).
 
     Raises:
         TypeError, ValueError: invalid arguments, or no attention module found (the message
