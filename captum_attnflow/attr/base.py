@@ -131,7 +131,10 @@ def resolve_positions(position, attentions: Sequence[Tensor], mask: Tensor | Non
     batch, n = attentions[0].shape[0], attentions[0].shape[-1]
     if isinstance(position, str):
         if position not in MULTI_POSITIONS:
-            raise ValueError(f"position={position!r} is not understood; pass an int, one int per example, or one of {MULTI_POSITIONS}.")
+            raise ValueError(
+                f"position={position!r} is not understood; pass an int, one int per example, or "
+                f"one of {MULTI_POSITIONS}."
+            )
         return position
     if position is None:
         if is_causal(attentions, mask):
@@ -145,10 +148,16 @@ def resolve_positions(position, attentions: Sequence[Tensor], mask: Tensor | Non
     elif isinstance(position, (Sequence, Tensor, np.ndarray)):
         values = torch.as_tensor(position).flatten().tolist()
         if len(values) != batch:
-            raise ValueError(f"position has {len(values)} entries but the batch has {batch} examples; pass one int per example or a single int.")
+            raise ValueError(
+                f"position has {len(values)} entries but the batch has {batch} examples; pass one "
+                f"int per example or a single int."
+            )
         positions = torch.tensor([check_index(v, n, "position", "token positions") for v in values], dtype=torch.long)
     else:
-        raise TypeError(f"position must be None, an int, one int per example, or one of {MULTI_POSITIONS}; got {type(position).__name__}.")
+        raise TypeError(
+            f"position must be None, an int, one int per example, or one of {MULTI_POSITIONS}; "
+            f"got {type(position).__name__}."
+        )
     if mask is not None:
         padded = (~mask.cpu()[torch.arange(batch), positions]).nonzero().flatten().tolist()
         if padded:
@@ -439,7 +448,8 @@ class AttentionAttribution(Attribution):
         positions = resolve_positions(position, attentions, mask)
         if isinstance(positions, str):
             matrices = self.graph_rows(
-                attentions, mask, gradients=gradients, layers=layers, positions=None, head=head, residual=residual, head_fusion=head_fusion
+                attentions, mask, gradients=gradients, layers=layers, positions=None, head=head,
+                residual=residual, head_fusion=head_fusion,
             )
             scores = matrices if positions == "all" else matrices.amax(dim=-2)
         else:
