@@ -195,3 +195,22 @@ def test_interception_is_limited_to_recorded_modules():
         model(pixels)
     assert len(seen) == 3  # after removal SDPA reaches the outer mode again
     assert not torch.overrides._is_torch_function_mode_enabled()
+
+
+def test_keep_graph_gradient_through_intercepted_sdpa_equals_eager_gradient():
+    torch.manual_seed(0)
+    model = TinyViT(causal=True).eval()
+    pixels = torch.randn(2, 3, 8, 8)
+    model.set_fused(False)  # eager math: the weights are ordinary graph tensors...
+    logits = model(pixels)
+    eager = [block.attn.eager_weights for block in model.blocks]
+    for weights in eager:
+        weights.retain_grad()
+    logits[:, 1].sum().backward()
+    model.set_fused(True)
+    with AttentionRecorder(model, keep_graph=True) as recorder:
+        fused_logits = model(pixels)
+    fused_logits[:, 1].sum().backward()  # ...and the fused ones get the same gradient
+    for recorded, expected in zip(recorder.attentions, eager):
+        torch.testing.assert_close(recorded.grad, expected.grad, atol=1e-6, rtol=0)
+    assert recorder.attentions[-1].grad.abs().sum() > 0
