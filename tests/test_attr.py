@@ -326,3 +326,17 @@ def test_gradient_weighted_rollout_on_multihead_attention():
     model.zero_grad()
     got = GradientWeightedRollout(model).attribute(x, target=(0, 2), position="all")
     torch.testing.assert_close(got, relevance.detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_inputs_embeds_through_a_function(bert, batch):
+    ids, mask = batch
+    layers = [layer.attention.self for layer in bert.bert.encoder.layer]
+
+    def forward(embeds, attention_mask):
+        return bert(inputs_embeds=embeds, attention_mask=attention_mask).logits
+
+    embeds = bert.get_input_embeddings()(ids).detach()
+    got = AttentionFlow(forward, attention_layers=layers).attribute(embeds, additional_forward_args=(mask,))
+    expected = AttentionFlow(bert).attribute(ids, additional_forward_args=(mask,))
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert (got[1, N - 3 :] == 0).all()

@@ -331,6 +331,11 @@ class AttentionAttribution(Attribution):
                         token ids ``(batch, n)``, ``inputs_embeds`` ``(batch, n, d)`` or pixel
                         values ``(batch, channels, height, width)``. Only the batch axis is
                         read; the number of tokens ``n`` is that of the recorded attention.
+                        To feed ``inputs_embeds`` to a Hugging Face model (whose first argument
+                        is ``input_ids``), construct the method with a function such as
+                        ``lambda embeds, attention_mask: model(inputs_embeds=embeds,
+                        attention_mask=attention_mask)`` and ``attention_layers``; name the
+                        mask parameter ``attention_mask`` so the recorder finds the padding.
             target (int, tuple, Tensor or list, optional): Accepted for drop-in compatibility
                         with Captum and ignored: attention is class-agnostic, every class gets
                         the same attribution. Use :class:`GradientWeightedRollout` for
