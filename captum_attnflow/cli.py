@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "demo": "captum_attnflow.demo",
     "reproduce": "captum_attnflow.reproduce",
     "evaluate": "captum_attnflow.evaluation.command",
+    "sentiment": "captum_attnflow.studies.sentiment",
+    "pronoun": "captum_attnflow.studies.pronoun",
 }
 
 DESCRIPTION = """\
