@@ -192,3 +192,24 @@ def test_nn_transformer_records_encoder_or_decoder_with_its_own_mask():
     assert torch.equal(decoder.mask, ~tgt_padding)
     assert decoder.cross_attentions[0].shape == (BATCH, HEADS, N, N + 2)
     assert torch.all(decoder.cross_attentions[0][0, :, :, -3:] == 0)  # padded memory keys
+
+
+def test_extractor_on_multihead_attention_keeps_self_and_cross_apart():
+    class SelfThenCross(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.self_attn = nn.MultiheadAttention(DIM, HEADS, batch_first=True)
+            self.cross = nn.MultiheadAttention(DIM, HEADS, batch_first=True)
+
+        def forward(self, x, memory):
+            x = self.self_attn(x, x, x, average_attn_weights=False)[0]
+            return self.cross(x, memory, memory, average_attn_weights=False)[0]
+
+    torch.manual_seed(0)
+    model = SelfThenCross().eval()
+    x, memory = torch.randn(BATCH, N, DIM), torch.randn(BATCH, N, DIM)  # equal lengths: only `is` tells
+    with torch.no_grad(), AttentionRecorder(model, extractor=lambda module, args, kwargs, output: output[1]) as recorder:
+        model(x, memory)
+    assert recorder.layers == ["self_attn"] and recorder.cross_layers == ["cross"]
+    expected = model.self_attn(x, x, x, average_attn_weights=False)[1]
+    torch.testing.assert_close(recorder.attentions[0], expected.detach(), atol=0, rtol=0)

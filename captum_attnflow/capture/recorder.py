@@ -20,6 +20,8 @@ from captum_attnflow.capture.masks import live_tokens_from_key_padding_mask, mas
 from captum_attnflow.capture.sdpa import SDPAInterceptor
 from captum_attnflow.capture.torch_mha import (
     MHACall,
+    bind_mha_arguments,
+    is_self_attention_call,
     per_head_weights,
     prepare_mha_call,
     restore_mha_output,
@@ -32,9 +34,10 @@ Extractor = Callable[[nn.Module, tuple, dict, object], torch.Tensor]
 
 @dataclass
 class _Call:
-    """State of one running call of a recorded module."""
+    """State of one running call of a recorded module (``role`` resolved: self or cross)."""
 
     layer: AttentionLayer
+    role: str
     interceptor: SDPAInterceptor | None = None
     sdpa_weights: list[torch.Tensor] = field(default_factory=list)
     mha: MHACall | None = None
@@ -256,13 +259,17 @@ class AttentionRecorder:
 
     def _layer_pre_hook(self, layer: AttentionLayer):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
-            call = _Call(layer)
+            call = _Call(layer, layer.role)
             self._calls.append(call)
+            if isinstance(module, nn.MultiheadAttention):
+                arguments = bind_mha_arguments(module, args, kwargs)
+                if call.role == AUTO:
+                    call.role = SELF if is_self_attention_call(arguments) else CROSS
+                if self.extractor is None:
+                    kwargs, call.mha = prepare_mha_call(arguments)
+                    return (), kwargs
             if self.extractor is not None:
                 return None
-            if isinstance(module, nn.MultiheadAttention):
-                args, kwargs, call.mha = prepare_mha_call(module, args, kwargs)
-                return args, kwargs
             call.interceptor = SDPAInterceptor(call.sdpa_weights.append)
             call.interceptor.__enter__()
             return None
@@ -331,10 +338,7 @@ class AttentionRecorder:
         return weights
 
     def _store(self, call: _Call, weights: torch.Tensor) -> None:
-        layer, running = call.layer, self._running
-        role = layer.role
-        if role == AUTO:
-            role = SELF if call.mha.is_self_attention else CROSS
+        layer, running, role = call.layer, self._running, call.role
         name = layer.name or "<model>"
         running.fired.add(layer.name)
         if role == SELF and weights.shape[-1] != weights.shape[-2]:

@@ -31,30 +31,38 @@ class MHACall:
     need_weights: bool
     average_attn_weights: bool
     batched: bool
-    is_self_attention: bool
     key_padding_mask: torch.Tensor | None
 
 
-def prepare_mha_call(module: nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[tuple, dict, MHACall]:
-    """Rewrite the arguments of an ``nn.MultiheadAttention`` call to return per-head weights.
-
-    Returns:
-        ``(args, kwargs, call)``: the new arguments (all as keywords, with ``need_weights=True``
-        and ``average_attn_weights=False``) and what the caller asked for.
-    """
+def bind_mha_arguments(module: nn.MultiheadAttention, args: tuple, kwargs: dict) -> dict:
+    """All arguments of an ``nn.MultiheadAttention`` call by name, defaults filled in."""
     bound = inspect.signature(module.forward).bind(*args, **kwargs)
     bound.apply_defaults()
-    arguments = dict(bound.arguments)
+    return dict(bound.arguments)
+
+
+def is_self_attention_call(arguments: dict) -> bool:
+    """``query is key``: self-attention (``nn.TransformerEncoderLayer``), else cross-attention."""
+    return arguments["query"] is arguments["key"]
+
+
+def prepare_mha_call(arguments: dict) -> tuple[dict, MHACall]:
+    """Rewrite the arguments of an ``nn.MultiheadAttention`` call to return per-head weights.
+
+    Args:
+        arguments: from :func:`bind_mha_arguments`.
+
+    Returns:
+        ``(kwargs, call)``: the new keyword arguments (``need_weights=True``,
+        ``average_attn_weights=False``) and what the caller asked for.
+    """
     call = MHACall(
         need_weights=bool(arguments["need_weights"]),
         average_attn_weights=bool(arguments["average_attn_weights"]),
         batched=arguments["query"].dim() == 3,
-        is_self_attention=arguments["query"] is arguments["key"],
         key_padding_mask=arguments["key_padding_mask"],
     )
-    arguments["need_weights"] = True
-    arguments["average_attn_weights"] = False
-    return (), arguments, call
+    return {**arguments, "need_weights": True, "average_attn_weights": False}, call
 
 
 def per_head_weights(output: tuple, call: MHACall) -> torch.Tensor:
