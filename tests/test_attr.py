@@ -203,6 +203,8 @@ def test_plain_forward_function_with_attention_layers(bert, batch):
 
     with pytest.raises(TypeError, match="attention_layers"):
         AttentionRollout(forward)
+    with pytest.raises(TypeError, match="attention_layers must be a list of the attention modules"):
+        AttentionRollout(forward, attention_layers=["bert.encoder.layer.*.attention.self"])
     with AttentionRollout(forward, attention_layers=layers) as method:
         got = method.attribute(ids, additional_forward_args=(mask,), layer="all")
     expected = AttentionRollout(bert).attribute(ids, additional_forward_args=(mask,), layer="all")

@@ -246,6 +246,12 @@ class AttentionAttribution(Attribution):
                         returning a module's attention weights ``(batch, heads, n, n)``, for
                         custom modules the recorder does not know.
                         Default: the recorder's built-in adapters.
+
+        Raises:
+            TypeError: ``forward_func`` is not a module and ``attention_layers`` is not a list
+                        of modules.
+            ValueError: no attention module found (checked here, before any forward pass), or
+                        ``attention_layers`` names modules that are not in the model.
         """
         if not isinstance(forward_func, nn.Module) and attention_layers is None:
             raise TypeError(
@@ -253,16 +259,20 @@ class AttentionAttribution(Attribution):
                 f"attention modules cannot be discovered; pass attention_layers=[...] (the "
                 f"self-attention modules, first layer first) or pass the model itself."
             )
-        if not isinstance(forward_func, nn.Module) and not all(isinstance(a, nn.Module) for a in attention_layers):
+        if not isinstance(forward_func, nn.Module) and not (
+            isinstance(attention_layers, (list, tuple, nn.ModuleList))
+            and all(isinstance(a, nn.Module) for a in attention_layers)
+        ):
             raise TypeError(
-                "attention_layers given as names need forward_func to be the nn.Module they "
-                "belong to; with a plain function pass the attention modules themselves."
+                "with a plain forward function, attention_layers must be a list of the attention "
+                "modules themselves (names need forward_func to be the nn.Module they belong to)."
             )
         super().__init__(forward_func)
         self.model = forward_func if isinstance(forward_func, nn.Module) else FunctionModule(forward_func, attention_layers)
         self.attention_layers = attention_layers
         self.extractor = extractor
-        # Discovers (or checks) the attention modules now, so a model without any fails here.
+        #: Qualified names of the attention modules; after :meth:`attribute`, of the layers
+        #: recorded in that forward pass, in the order they ran.
         self.layer_names: list[str] = AttentionRecorder(self.model, attention_layers, extractor).registered_layers
 
     def __enter__(self) -> "AttentionAttribution":
@@ -297,6 +307,7 @@ class AttentionAttribution(Attribution):
         with recorder, torch.set_grad_enabled(keep_graph):
             output = self.model(*args, **kwargs)
         attentions = recorder.attentions
+        self.layer_names = recorder.layers
         batch = inputs[0].shape[0]
         if attentions[0].shape[0] != batch:
             raise ValueError(
