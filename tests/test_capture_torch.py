@@ -208,7 +208,8 @@ def test_extractor_on_multihead_attention_keeps_self_and_cross_apart():
     torch.manual_seed(0)
     model = SelfThenCross().eval()
     x, memory = torch.randn(BATCH, N, DIM), torch.randn(BATCH, N, DIM)  # equal lengths: only `is` tells
-    with torch.no_grad(), AttentionRecorder(model, extractor=lambda module, args, kwargs, output: output[1]) as recorder:
+    recorder = AttentionRecorder(model, extractor=lambda module, args, kwargs, output: output[1])
+    with torch.no_grad(), recorder:
         model(x, memory)
     assert recorder.layers == ["self_attn"] and recorder.cross_layers == ["cross"]
     expected = model.self_attn(x, x, x, average_attn_weights=False)[1]

@@ -281,4 +281,5 @@ def select_attention_layers(model: nn.Module, attention_layers: Sequence) -> lis
         )
     declared = hugging_face_roles(model)
     order = {name: index for index, (name, _) in enumerate(named)}
-    return [_as_layer(name, module, declared) for name, module in sorted(selected.items(), key=lambda item: order[item[0]])]
+    in_order = sorted(selected.items(), key=lambda item: order[item[0]])
+    return [_as_layer(name, module, declared) for name, module in in_order]

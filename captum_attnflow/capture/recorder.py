@@ -41,6 +41,7 @@ class _Call:
     interceptor: SDPAInterceptor | None = None
     sdpa_weights: list[torch.Tensor] = field(default_factory=list)
     mha: MHACall | None = None
+    key_padding_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -263,6 +264,7 @@ class AttentionRecorder:
             self._calls.append(call)
             if isinstance(module, nn.MultiheadAttention):
                 arguments = bind_mha_arguments(module, args, kwargs)
+                call.key_padding_mask = arguments["key_padding_mask"]
                 if call.role == AUTO:
                     call.role = SELF if is_self_attention_call(arguments) else CROSS
                 if self.extractor is None:
@@ -349,8 +351,8 @@ class AttentionRecorder:
                 f"of attention_layers. A key/value cache also makes attention non-square: call the "
                 f"model without past_key_values (use_cache=False)."
             )
-        if role == SELF and call.mha is not None and running.mask is None and call.mha.key_padding_mask is not None:
-            running.mask = live_tokens_from_key_padding_mask(call.mha.key_padding_mask)
+        if role == SELF and running.mask is None and call.key_padding_mask is not None:
+            running.mask = live_tokens_from_key_padding_mask(call.key_padding_mask)
         if self.keep_graph:
             if not weights.requires_grad:
                 raise RuntimeError(

@@ -31,7 +31,6 @@ class MHACall:
     need_weights: bool
     average_attn_weights: bool
     batched: bool
-    key_padding_mask: torch.Tensor | None
 
 
 def bind_mha_arguments(module: nn.MultiheadAttention, args: tuple, kwargs: dict) -> dict:
@@ -60,7 +59,6 @@ def prepare_mha_call(arguments: dict) -> tuple[dict, MHACall]:
         need_weights=bool(arguments["need_weights"]),
         average_attn_weights=bool(arguments["average_attn_weights"]),
         batched=arguments["query"].dim() == 3,
-        key_padding_mask=arguments["key_padding_mask"],
     )
     return {**arguments, "need_weights": True, "average_attn_weights": False}, call
 
