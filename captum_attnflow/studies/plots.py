@@ -3,6 +3,7 @@
 * :func:`plot_layer_correlations` — Table 3 as curves over layers, paper values as markers.
 * :func:`plot_token_rows` — one sentence, one row per method (Fig. 4-style token strips).
 * :func:`plot_referent_layers` — weight on the two candidate referents across layers (Fig. 4).
+* :func:`plot_layer_curves` — shares or scores per layer, several curves in one panel.
 """
 
 from __future__ import annotations
@@ -139,3 +140,23 @@ def _save(figure, path: str | Path, plt) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def plot_layer_curves(curves: Mapping[str, np.ndarray], path: str | Path, *, ylabel: str, title: str = "") -> Path:
+    """Several ``(L,)`` curves over layers in one panel (e.g. shares of sentences per layer)."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.4, 3.4))
+    for label, values in curves.items():
+        values = np.asarray(values, dtype=float)
+        method = label.split()[0].rstrip(":")
+        style = "-" if ":" in label else "--"
+        axis.plot(np.arange(1, values.shape[0] + 1), values, style, color=COLORS.get(method), label=label)
+    axis.axhline(0.5, color="black", linewidth=0.5)
+    axis.set_xlabel("layer")
+    axis.set_ylabel(ylabel)
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize=7)
+    if title:
+        axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path, plt)

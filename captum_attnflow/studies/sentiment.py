@@ -287,11 +287,14 @@ def run(args: argparse.Namespace) -> int:
         plot_layer_correlations(records, num_layers, args.out / "sentiment_layers.png", paper=PAPER_TABLE3,
                                 title=f"Spearman ρ per layer, MiniLM-L6 on {len(texts)} movie snippets")
         example = int(np.argmax([len(tokens) if len(tokens) <= 24 else 0 for tokens in result.tokens]))
-        rows = {f"{name} L{num_layers} ({view})": result.scores[(view, name)][example][-1]
+        # [CLS] and [SEP] dominate every attention row; the words are shown on their own scale.
+        words = slice(1, -1)
+        rows = {f"{name} L{num_layers} ({view})": result.scores[(view, name)][example][-1][words]
                 for view in VIEWS for name in METHODS}
-        rows.update({"input gradient": result.scores["gradient"][example], "blank-out": result.scores["blankout"][example]})
+        rows.update({"input gradient": result.scores["gradient"][example][words],
+                     "blank-out": result.scores["blankout"][example][words]})
         label = "positive" if result.predictions[example] else "negative"
-        plot_token_rows(result.tokens[example], rows, args.out / "sentiment_example.png",
-                        title=f"predicted {label}; each row scaled to its max")
+        plot_token_rows(result.tokens[example][words], rows, args.out / "sentiment_example.png",
+                        title=f"predicted {label}; [CLS]/[SEP] left out, each row scaled to its max")
     print(f"wrote {args.out}/table3.md, table3.json" + ("" if args.no_figures else " and figures"))
     return 0
