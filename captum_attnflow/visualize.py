@@ -31,6 +31,7 @@ FIGURE_FORMATS: tuple[str, ...] = (".png", ".svg", ".pdf")
 
 
 def _as_numpy(values, name: str) -> np.ndarray:
+    """``values`` as a finite float64 array (NaN/inf rejected with a message naming ``name``)."""
     if isinstance(values, Tensor):
         values = values.detach().cpu().to(torch.float64).numpy()
     array = np.asarray(values, dtype=np.float64)
@@ -40,10 +41,10 @@ def _as_numpy(values, name: str) -> np.ndarray:
 
 
 def _live_indices(mask, example: int, n: int) -> list[int]:
+    """Positions of the real tokens of ``example`` (all ``n`` without a mask)."""
     if mask is None:
         return list(range(n))
-    row = mask[example] if not isinstance(mask, Tensor) else mask[example].detach().cpu()
-    row = np.asarray(row).astype(bool)
+    row = np.asarray(mask[example].detach().cpu() if isinstance(mask, Tensor) else mask[example]).astype(bool)
     if row.shape != (n,):
         raise ValueError(f"mask rows must have n = {n} entries; got shape {row.shape}.")
     return np.flatnonzero(row).tolist()
@@ -56,6 +57,7 @@ def _scaled(values: np.ndarray) -> np.ndarray:
 
 
 def _check_tokens(tokens: Sequence[str], n: int, name: str = "tokens") -> None:
+    """One token string per score."""
     if len(tokens) != n:
         raise ValueError(f"{name} has {len(tokens)} entries but the scores have n = {n} tokens.")
 
