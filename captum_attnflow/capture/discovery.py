@@ -66,11 +66,8 @@ def glob_to_regex(pattern: str) -> re.Pattern:
     return re.compile("".join(wildcards.get(piece, re.escape(piece)) for piece in pieces))
 
 
-def _hf_specs(model: nn.Module) -> list[tuple[str, object]]:
+def _hf_specs(table: dict) -> list[tuple[str, object]]:
     """``(role, spec)`` pairs from a Hugging Face model's ``_can_record_outputs`` table."""
-    table = getattr(model, "_can_record_outputs", None)
-    if not isinstance(table, dict):
-        return []
     pairs = []
     for key, role in HF_ROLES.items():
         specs = table.get(key)
@@ -102,13 +99,15 @@ def _hf_spec_matches(spec: object, module: nn.Module, name: str) -> bool:
 def hugging_face_roles(model: nn.Module) -> dict[nn.Module, AttentionLayer]:
     """Attention modules declared by Hugging Face ``_can_record_outputs`` tables, in module order.
 
-    Every sub-model that carries a table (a ``PreTrainedModel``) governs its own descendants.
+    Every sub-model that carries a table (a ``PreTrainedModel``) governs its own descendants,
+    as in transformers.
     """
     found: dict[nn.Module, AttentionLayer] = {}
 
     def walk(module: nn.Module, name: str, specs: list[tuple[str, object]]) -> None:
-        own = _hf_specs(module)
-        specs = own if own else specs
+        if hasattr(module, "_can_record_outputs"):  # a transformers PreTrainedModel
+            table = module._can_record_outputs
+            specs = _hf_specs(table if isinstance(table, dict) else {})
         for role, spec in specs:
             if module not in found and _hf_spec_matches(spec, module, name):
                 index = spec.index if isinstance(getattr(spec, "index", None), int) else 1
