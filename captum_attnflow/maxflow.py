@@ -97,6 +97,9 @@ RESIDUAL_EPS = 1e-13
 #: The ``"fast"`` solver stops a sink as soon as its flow is within this of a cut's capacity.
 CUT_GAP = 1e-12
 
+#: ``fast_max_flows_many`` uses several threads only from this much work (sources × l·n²) on.
+THREADS_MIN_WORK = 4_000_000
+
 
 @numba.njit(cache=True)
 def _sort_arcs(capacities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -319,7 +322,9 @@ def fast_max_flows_many(capacities: np.ndarray, sources: Sequence[int], threads:
     Args:
         capacities: float64 ``(l, n, n)`` as in :func:`fast_max_flows`.
         sources: top-layer nodes.
-        threads: threads sharing the sinks (default: ``numba.get_num_threads()``, the cores).
+        threads: threads sharing the sinks (default: ``numba.get_num_threads()``, the cores, once
+            ``len(sources)·l·n² >= THREADS_MIN_WORK``, e.g. from ``l = 6``, ``n = 128`` for one
+            source; 1 below).
 
     Returns:
         float64 ``(len(sources), n)``.
@@ -329,7 +334,10 @@ def fast_max_flows_many(capacities: np.ndarray, sources: Sequence[int], threads:
     n = capacities.shape[-1]
     order, sorted_caps, rank = _sort_arcs(capacities)
     out = np.zeros((len(sources), n))
-    threads = max(1, min(threads or numba.get_num_threads(), len(sources) * n))
+    if threads is None:  # threads pay only when the work outweighs starting them (~1 ms)
+        work = len(sources) * capacities.size
+        threads = numba.get_num_threads() if work >= THREADS_MIN_WORK else 1
+    threads = max(1, min(threads, len(sources) * n))
     if threads == 1:
         _solve_sinks(capacities, order, sorted_caps, rank, sources, 0, 1, out)
         return out
