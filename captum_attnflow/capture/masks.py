@@ -48,7 +48,7 @@ def mask_arguments(model: nn.Module, layers: Sequence[AttentionLayer]) -> dict[s
     parts = encoder_decoder_parts(model)
     if parts is None:
         return MASK_ARGUMENTS
-    encoder, decoder = parts
+    decoder = parts[1]
     decoder_modules = set(map(id, decoder.modules()))
     self_layers = [layer for layer in layers if layer.role != CROSS]
     in_decoder = {id(layer.module) in decoder_modules for layer in self_layers}
@@ -58,7 +58,7 @@ def mask_arguments(model: nn.Module, layers: Sequence[AttentionLayer]) -> dict[s
             f"{type(model).__name__} ({[layer.name for layer in self_layers]}); they form two "
             f"different attention graphs. Record the encoder's and the decoder's separately."
         )
-    if isinstance(model, nn.Transformer) or not hasattr(model, "config"):
+    if isinstance(decoder, nn.TransformerDecoder):  # torch.nn.Transformer
         return {"tgt_key_padding_mask": True} if True in in_decoder else {"src_key_padding_mask": True}
     return {"decoder_attention_mask": False} if True in in_decoder else {"attention_mask": False}
 
