@@ -389,7 +389,8 @@ class AttentionRecorder:
                 f"no complete forward pass has been recorded: call the model "
                 f"({type(self.model).__name__}) while the recorder is attached (inside "
                 f"`with AttentionRecorder(model) as recorder:`). A forward pass that raised, or a "
-                f"reset(), leaves nothing recorded."
+                f"reset(), leaves nothing recorded. recorder.registered_layers lists the hooked "
+                f"modules before any pass."
             )
         missing = [layer.name or "<model>" for layer in self._layers if layer.name not in self._recorded.fired]
         if missing:
