@@ -128,6 +128,11 @@ def test_discovery_prefers_innermost_attention_classes():
     assert {layer.role for layer in found} == {"auto"}
 
 
+def test_discovery_ignores_flatten_whose_name_contains_atten():
+    model = nn.Sequential(nn.Flatten(0, 0), nn.MultiheadAttention(DIM, HEADS, batch_first=True), nn.Unflatten(0, (1, -1)))
+    assert [layer.name for layer in discover_attention_layers(model)] == ["1"]
+
+
 def test_head_fused_extractor_capture_gives_same_rollout(x):
     net = Net()
     with AttentionRecorder(net, attention_layers=["mixers.*"], extractor=_probs_extractor) as full:

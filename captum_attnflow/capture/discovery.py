@@ -39,7 +39,7 @@ from torch import nn
 SELF, CROSS, AUTO = "self", "cross", "auto"
 
 #: Class names the generic search accepts as attention modules.
-ATTENTION_CLASS_NAME = re.compile(r"atten|attn", re.IGNORECASE)
+ATTENTION_CLASS_NAME = re.compile(r"attention|attn", re.IGNORECASE)  # not "atten": nn.Flatten
 
 #: ``_can_record_outputs`` keys of Hugging Face models and the role they give.
 HF_ROLES = {"attentions": SELF, "cross_attentions": CROSS}
