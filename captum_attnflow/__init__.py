@@ -7,6 +7,7 @@ from captum_attnflow.attr import (
     RawAttention,
     patch_grid,
 )
+from captum_attnflow.capture import AttentionRecorder
 from captum_attnflow.flow import attention_flow, head_flow
 from captum_attnflow.graph import head_rollout, raw_attention, rollout
 
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttentionFlow",
+    "AttentionRecorder",
     "AttentionRollout",
     "GradientWeightedRollout",
     "RawAttention",
