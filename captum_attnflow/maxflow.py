@@ -97,7 +97,8 @@ RESIDUAL_EPS = 1e-13
 #: The ``"fast"`` solver stops a sink as soon as its flow is within this of a cut's capacity.
 CUT_GAP = 1e-12
 
-#: ``fast_max_flows_many`` uses several threads only from this much work (sources × l·n²) on.
+#: ``fast_max_flows_many`` uses several threads only from this much work on, counted as
+#: (sources × sinks) × arcs = ``len(sources)·n·l·n²`` (~10 ms of solving).
 THREADS_MIN_WORK = 4_000_000
 
 
@@ -324,8 +325,8 @@ def fast_max_flows_many(capacities: np.ndarray, sources: Sequence[int], threads:
         capacities: float64 ``(l, n, n)`` as in :func:`fast_max_flows`.
         sources: top-layer nodes.
         threads: threads sharing the sinks (default: ``numba.get_num_threads()``, the cores, once
-            ``len(sources)·l·n² >= THREADS_MIN_WORK``, e.g. from ``l = 6``, ``n = 128`` for one
-            source; 1 below).
+            ``len(sources)·n·l·n² >= THREADS_MIN_WORK``, e.g. from ``l = 6``, ``n = 128`` or
+            ``l = 12``, ``n = 80`` for one source; 1 below).
 
     Returns:
         float64 ``(len(sources), n)``.
@@ -336,7 +337,7 @@ def fast_max_flows_many(capacities: np.ndarray, sources: Sequence[int], threads:
     order, sorted_caps, rank = _sort_arcs(capacities)
     out = np.zeros((len(sources), n))
     if threads is None:  # threads pay only when the work outweighs starting them (~1 ms)
-        work = len(sources) * capacities.size
+        work = len(sources) * n * capacities.size
         threads = numba.get_num_threads() if work >= THREADS_MIN_WORK else 1
     threads = max(1, min(threads, len(sources) * n))
     if threads == 1:
