@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -35,7 +36,7 @@ def plot_layer_correlations(
     paper: Mapping[str, Mapping[int, tuple[float, float]]] | None = None,
     title: str = "",
 ) -> Path:
-    """Mean Spearman ρ per layer, one panel per ``(reference, view)``.
+    """Mean ± std Spearman ρ per layer: a row of panels per view, a column per reference.
 
     Args:
         records: dicts with ``reference``, ``view``, ``method``, ``layer`` (1-based), ``mean``,
@@ -47,10 +48,13 @@ def plot_layer_correlations(
         title: the figure title.
     """
     plt = _pyplot()
-    panels = sorted({(r["reference"], r["view"]) for r in records})
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), sharey=True, squeeze=False)
+    references = list(dict.fromkeys(r["reference"] for r in records))
+    views = list(dict.fromkeys(r["view"] for r in records))
+    figure, axes = plt.subplots(len(views), len(references), figsize=(3.6 * len(references), 3.0 * len(views)),
+                                sharey=True, squeeze=False)
     layers = np.arange(1, num_layers + 1)
-    for axis, (reference, view) in zip(axes[0], panels):
+    for (row, view), (column, reference) in itertools.product(enumerate(views), enumerate(references)):
+        axis = axes[row][column]
         for method, color in COLORS.items():
             rows = sorted((r for r in records if (r["reference"], r["view"], r["method"]) == (reference, view, method)),
                           key=lambda r: r["layer"])
@@ -68,8 +72,9 @@ def plot_layer_correlations(
         axis.set_title(f"vs {reference}, {view} view", fontsize=9)
         axis.set_xlabel("layer")
         axis.set_xticks(layers)
-    axes[0][0].set_ylabel("Spearman ρ")
-    axes[0][-1].legend(fontsize=7, loc="best")
+    for row in range(len(views)):
+        axes[row][0].set_ylabel("Spearman ρ")
+    axes[0][0].legend(fontsize=7, loc="best")
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()

@@ -10,7 +10,11 @@ same protocol on held-out sentences:
   (heads averaged, residual ``0.5·A + 0.5·I``) — two views: the paper's **max over all query
   positions** and the **[CLS] row** (the position the classifier reads);
 * **input gradients**: ``|Σ_d g_d|`` of the predicted class's logit with respect to the input
-  embeddings (:func:`captum_attnflow.metrics.input_gradient_scores`, Captum ``Saliency``);
+  embeddings (:func:`captum_attnflow.metrics.input_gradient_scores`, Captum ``Saliency``), and
+  the norm ``‖g‖₂``. BERT-style models (DistilBERT included) apply LayerNorm right after summing
+  the embeddings; LayerNorm is invariant to adding a constant to every dimension, so
+  ``Σ_d g_d = 0`` analytically and the paper's ``|Σ_d g_d|`` is floating-point noise there
+  (~1e-9 here). The table shows it for fidelity; ``‖g‖₂`` is the informative gradient reference;
 * **blank-out**: ``|p(ŷ | x) - p(ŷ | x with token j := [UNK])|``
   (:func:`captum_attnflow.metrics.blank_out_scores`, Captum ``FeatureAblation``);
 * Spearman's ρ per sentence over all tokens (``[CLS]``/``[SEP]`` included), mean ± std over
@@ -36,7 +40,9 @@ METHODS: tuple[str, ...] = ("raw", "rollout", "flow")
 #: Views of a layer's matrix as one score per token: the max over all query positions (the
 #: paper's Table 3) and the row of the [CLS] token.
 VIEWS: dict[str, str | int] = {"max": "max", "cls": 0}
-REFERENCES: tuple[str, ...] = ("gradient", "blankout")
+#: Reference scores: the paper's |Σ_d g_d| input gradient, the L2 norm ‖g‖₂ of the same gradient,
+#: and blank-out.
+REFERENCES: tuple[str, ...] = ("gradient", "gradient_l2", "blankout")
 
 #: Table 3 of the paper (DistilBERT / SST-2, 100 sentences, max view, vs input gradients):
 #: method -> {layer: (mean, std)}.
@@ -95,21 +101,24 @@ def attention_relevance(model, encoded, *, flow_method: str = "auto") -> dict[tu
 
 
 def reference_relevance(model, encoded, target: torch.Tensor, blank_id: int) -> dict[str, torch.Tensor]:
-    """Input-gradient and blank-out scores ``(batch, n)`` for the class ``target`` ``(batch,)``."""
+    """The :data:`REFERENCES` scores ``(batch, n)`` for the class ``target`` ``(batch,)``."""
     from captum_attnflow.metrics import blank_out_scores, input_gradient_scores
 
     mask = encoded["attention_mask"]
     embeddings = model.get_input_embeddings()(encoded["input_ids"]).detach()
-    gradient = input_gradient_scores(
-        lambda embeds, attention_mask: model(inputs_embeds=embeds, attention_mask=attention_mask).logits,
-        embeddings, target=target, additional_forward_args=(mask,), reduction="abs_sum", mask=mask,
-    )
+    gradients = {
+        name: input_gradient_scores(
+            lambda embeds, attention_mask: model(inputs_embeds=embeds, attention_mask=attention_mask).logits,
+            embeddings, target=target, additional_forward_args=(mask,), reduction=reduction, mask=mask,
+        )
+        for name, reduction in (("gradient", "abs_sum"), ("gradient_l2", "l2"))
+    }
     blankout = blank_out_scores(
         lambda ids, attention_mask: model(input_ids=ids, attention_mask=attention_mask).logits.softmax(-1),
         encoded["input_ids"], target=target, blank_id=blank_id, additional_forward_args=(mask,),
         mask=mask, perturbations_per_eval=8,
     )
-    return {"gradient": gradient, "blankout": blankout}
+    return {**gradients, "blankout": blankout}
 
 
 def run_protocol(
@@ -211,6 +220,8 @@ def format_tables(records: Sequence[dict], num_layers: int) -> str:
     titles = {
         ("gradient", "max"): "vs input gradients |Σ_d g_d| — max over query positions (the paper's Table 3 view)",
         ("gradient", "cls"): "vs input gradients |Σ_d g_d| — [CLS] row",
+        ("gradient_l2", "max"): "vs input gradients ‖g‖₂ — max over query positions",
+        ("gradient_l2", "cls"): "vs input gradients ‖g‖₂ — [CLS] row",
         ("blankout", "max"): "vs blank-out ([UNK]) — max over query positions",
         ("blankout", "cls"): "vs blank-out ([UNK]) — [CLS] row",
     }
@@ -291,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
         words = slice(1, -1)
         rows = {f"{name} L{num_layers} ({view})": result.scores[(view, name)][example][-1][words]
                 for view in VIEWS for name in METHODS}
-        rows.update({"input gradient": result.scores["gradient"][example][words],
+        rows.update({"gradient |Σ_d g_d|": result.scores["gradient"][example][words],
+                     "gradient ‖g‖₂": result.scores["gradient_l2"][example][words],
                      "blank-out": result.scores["blankout"][example][words]})
         label = "positive" if result.predictions[example] else "negative"
         plot_token_rows(result.tokens[example][words], rows, args.out / "sentiment_example.png",
