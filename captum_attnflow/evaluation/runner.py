@@ -59,7 +59,7 @@ class SerialExecutor(Executor):
         future: Future = Future()
         try:
             future.set_result(fn(*args, **kwargs))
-        except BaseException as error:  # noqa: BLE001 - delivered through the future, like a pool
+        except Exception as error:  # noqa: BLE001 - delivered through the future, like a pool
             future.set_exception(error)
         return future
 
@@ -229,7 +229,7 @@ class _Run:
             if item.flow is not None:
                 try:
                     status, value = item.flow.result()
-                except BaseException as error:  # noqa: BLE001 - the worker or the pool died
+                except Exception as error:  # noqa: BLE001 - the worker or the pool died
                     self._record(index, "lost", error=f"flow task lost: {type(error).__name__}: {error}")
                     continue
                 if status != "ok":
@@ -391,6 +391,8 @@ def evaluate(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer; got {value!r}.")
     fractions = check_fractions(fractions)
+    if resume and out is None:
+        raise ValueError("resume=True needs out=DIR, the directory of the run to continue.")
     if protected is None:
         protected = () if position == "max" else (position,)
     protected = tuple(int(p) for p in protected)
