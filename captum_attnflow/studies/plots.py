@@ -1,7 +1,8 @@
-"""Figures of the studies (matplotlib, Agg backend; every function writes one PNG).
+"""Figures of the studies; every function writes one image with :func:`captum_attnflow.visualize.save_figure`.
+
+Token-level views use :func:`captum_attnflow.visualize.token_heatmap`; these are the per-layer views.
 
 * :func:`plot_layer_correlations` — Table 3 as curves over layers, paper values as markers.
-* :func:`plot_token_rows` — one sentence, one row per method (Fig. 4-style token strips).
 * :func:`plot_referent_layers` — weight on the two candidate referents across layers (Fig. 4).
 * :func:`plot_layer_curves` — shares or scores per layer, several curves in one panel.
 """
@@ -13,19 +14,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
+
+from captum_attnflow.visualize import save_figure
 
 COLORS = {"raw": "tab:gray", "rollout": "tab:blue", "flow": "tab:orange"}
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError("the study figures need matplotlib: pip install 'captum-attnflow[plot]'") from None
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_layer_correlations(
@@ -47,11 +40,10 @@ def plot_layer_correlations(
             ``("gradient", "max")`` panel.
         title: the figure title.
     """
-    plt = _pyplot()
     references = list(dict.fromkeys(r["reference"] for r in records))
     views = list(dict.fromkeys(r["view"] for r in records))
-    figure, axes = plt.subplots(len(views), len(references), figsize=(3.6 * len(references), 3.0 * len(views)),
-                                sharey=True, squeeze=False)
+    figure = Figure(figsize=(3.6 * len(references), 3.0 * len(views)), constrained_layout=True)
+    axes = figure.subplots(len(views), len(references), sharey=True, squeeze=False)
     layers = np.arange(1, num_layers + 1)
     for (row, view), (column, reference) in itertools.product(enumerate(views), enumerate(references)):
         axis = axes[row][column]
@@ -77,34 +69,7 @@ def plot_layer_correlations(
     axes[0][0].legend(fontsize=7, loc="best")
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    return _save(figure, path, plt)
-
-
-def plot_token_rows(tokens: Sequence[str], rows: Mapping[str, np.ndarray], path: str | Path, *, title: str = "") -> Path:
-    """One sentence as a heat map: a row per method, a column per token, each row scaled to max 1.
-
-    Args:
-        tokens: the ``n`` tokens.
-        rows: label -> ``(n,)`` scores.
-        path: the PNG to write.
-        title: the figure title.
-    """
-    plt = _pyplot()
-    labels = list(rows)
-    matrix = np.stack([np.asarray(rows[label], dtype=float) for label in labels])
-    if matrix.shape[1] != len(tokens):
-        raise ValueError(f"rows have {matrix.shape[1]} scores but there are {len(tokens)} tokens.")
-    scale = np.abs(matrix).max(axis=1, keepdims=True)
-    matrix = matrix / np.where(scale > 0, scale, 1.0)
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.42 * len(tokens)), 0.45 * len(labels) + 1.4))
-    axis.imshow(matrix, cmap="Reds", aspect="auto", vmin=0, vmax=1)
-    axis.set_yticks(range(len(labels)), labels, fontsize=8)
-    axis.set_xticks(range(len(tokens)), tokens, rotation=60, ha="right", fontsize=8)
-    if title:
-        axis.set_title(title, fontsize=9)
-    figure.tight_layout()
-    return _save(figure, path, plt)
+    return save_figure(figure, path, dpi=110)
 
 
 def plot_referent_layers(
@@ -122,8 +87,8 @@ def plot_referent_layers(
         path: the PNG to write.
         title: the figure title (e.g. the sentence and the model's choice).
     """
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, len(weights), figsize=(3.4 * len(weights), 2.9), squeeze=False)
+    figure = Figure(figsize=(3.4 * len(weights), 2.9), constrained_layout=True)
+    axes = figure.subplots(1, len(weights), squeeze=False)
     for axis, (method, values) in zip(axes[0], weights.items()):
         values = np.asarray(values, dtype=float)
         layers = np.arange(1, values.shape[0] + 1)
@@ -135,22 +100,13 @@ def plot_referent_layers(
     axes[0][-1].legend(fontsize=8)
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    return _save(figure, path, plt)
-
-
-def _save(figure, path: str | Path, plt) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)
 
 
 def plot_layer_curves(curves: Mapping[str, np.ndarray], path: str | Path, *, ylabel: str, title: str = "") -> Path:
     """Several ``(L,)`` curves over layers in one panel (e.g. shares of sentences per layer)."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6.4, 3.4))
+    figure = Figure(figsize=(6.4, 3.4), constrained_layout=True)
+    axis = figure.subplots()
     for label, values in curves.items():
         values = np.asarray(values, dtype=float)
         method = label.split()[0].rstrip(":")
@@ -163,5 +119,4 @@ def plot_layer_curves(curves: Mapping[str, np.ndarray], path: str | Path, *, yla
     axis.legend(fontsize=7)
     if title:
         axis.set_title(title, fontsize=9)
-    figure.tight_layout()
-    return _save(figure, path, plt)
+    return save_figure(figure, path, dpi=110)

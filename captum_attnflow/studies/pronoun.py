@@ -337,14 +337,18 @@ def run(args: argparse.Namespace) -> int:
     }, indent=1))
     if not args.no_figures:
         from captum_attnflow.studies.plots import plot_layer_curves, plot_referent_layers
+        from captum_attnflow.visualize import layer_heatmaps, save_figure
 
         for row, example in enumerate(paper.examples):
             his, her = paper.probabilities[row]
+            title = f"\"{example.text} ___\"  P(his)={his:.2f}  P(her)={her:.2f}"
             plot_referent_layers(
                 {name: paper.weights[name][row] for name in METHODS}, example.referents,
-                args.out / f"pronoun_example{row + 1}.png",
-                title=f"\"{example.text} ___\"  P(his)={his:.2f}  P(her)={her:.2f}",
+                args.out / f"pronoun_example{row + 1}.png", title=title,
             )
+            # Layer × token maps without the first token, the attention sink that takes most of the mass.
+            maps = {name: torch.as_tensor(paper.relevance[name][row][:, 1:]) for name in METHODS}
+            save_figure(layer_heatmaps(maps, paper.tokens[row][1:], title=title), args.out / f"pronoun_layers{row + 1}.png")
         plot_layer_curves(
             {**{f"{name}: agreeing > other": values for name, values in summary["agree_rate"].items()},
              **{f"{name} > raw": values for name, values in summary["beats_raw"].items()}},

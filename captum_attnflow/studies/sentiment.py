@@ -293,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "table3.md").write_text(header + tables)
     (args.out / "table3.json").write_text(json.dumps({"model": info, "sentences": len(texts), "records": records}, indent=2))
     if not args.no_figures:
-        from captum_attnflow.studies.plots import plot_layer_correlations, plot_token_rows
+        from captum_attnflow.studies.plots import plot_layer_correlations
+        from captum_attnflow.visualize import save_figure, token_heatmap
 
         plot_layer_correlations(records, num_layers, args.out / "sentiment_layers.png", paper=PAPER_TABLE3,
                                 title=f"Spearman ρ per layer, MiniLM-L6 on {len(texts)} movie snippets")
@@ -306,7 +307,8 @@ def run(args: argparse.Namespace) -> int:
                      "gradient ‖g‖₂": result.scores["gradient_l2"][example][words],
                      "blank-out": result.scores["blankout"][example][words]})
         label = "positive" if result.predictions[example] else "negative"
-        plot_token_rows(result.tokens[example][words], rows, args.out / "sentiment_example.png",
-                        title=f"predicted {label}; [CLS]/[SEP] left out, each row scaled to its max")
+        figure = token_heatmap(rows, result.tokens[example][words], annotate=False,
+                               title=f"predicted {label}; [CLS]/[SEP] left out, each row scaled to its max")
+        save_figure(figure, args.out / "sentiment_example.png")
     print(f"wrote {args.out}/table3.md, table3.json" + ("" if args.no_figures else " and figures"))
     return 0
