@@ -51,9 +51,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "captum_attnflow.maxflow.SOLVERS")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes computing attention flow (default 1)")
-    parser.add_argument("--gradient-reduction", default="abs_sum", choices=("abs_sum", "l2", "sum"),
-                        help="per-token reduction of the input gradient: |sum_d g| (the paper's, "
-                             "default), the L2 norm, or the signed sum")
 
 
 def parse_layers(text: str | None, num_layers: int) -> list[int]:
@@ -149,15 +146,46 @@ def _figures(model, result, out: Path, flow_solver: str) -> tuple[dict[str, str]
     return {title: path.name for title, path in paths.items()}, " ".join(tokens)
 
 
+def _study(args: argparse.Namespace, model, examples, layers):
+    from captum_attnflow.agreement.study import run_study
+
+    if args.workers == 1:
+        return run_study(model, examples, layers=layers, flow_solver=args.flow_solver)
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(args.workers) as executor:
+        return run_study(model, examples, layers=layers, flow_solver=args.flow_solver, executor=executor)
+
+
+def _write_outputs(out: Path, *, result, tables: dict, setup: dict, summary: dict, figure_names: dict,
+                   figure_example: str) -> list[str]:
+    """Write CSV/JSON tables and the Markdown/HTML report; return the report's notes."""
+    from captum_attnflow.agreement.report import (
+        TABLE_FILES, comparison_notes, html_report, markdown_report, write_csv, write_json,
+    )
+    from captum_attnflow.agreement.study import REFERENCES, gradient_diagnostics
+
+    diagnostics = gradient_diagnostics(result)
+    notes = comparison_notes(tables, result.layers, diagnostics)
+    for ref in REFERENCES:
+        write_csv(tables, ref, result.layers, out / f"{TABLE_FILES[ref]}.csv")
+    write_json({"setup": setup, "layers": result.layers, **summary, "tables": tables,
+                "gradient_diagnostics": diagnostics, "notes": notes}, out / "results.json")
+    report = markdown_report(tables=tables, layers=result.layers, setup=setup, accuracy=summary["accuracy"],
+                             timings=summary["timings_seconds"], figures=figure_names, example=figure_example,
+                             notes=notes)
+    (out / "report.md").write_text(report)
+    (out / "report.html").write_text(html_report(report))
+    return notes
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     import torch
 
     from captum_attnflow.agreement import figures
     from captum_attnflow.agreement.data import LABEL_NAMES
-    from captum_attnflow.agreement.report import (
-        TABLE_TITLES, html_report, markdown_report, markdown_table, summary_tables, write_csv, write_json,
-    )
-    from captum_attnflow.agreement.study import REFERENCES, run_study
+    from captum_attnflow.agreement.report import TABLE_TITLES, markdown_table, summary_tables
+    from captum_attnflow.agreement.study import REFERENCES
     from captum_attnflow.agreement.train import accuracy
 
     out = _check_arguments(args)
@@ -179,15 +207,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     chosen = sorted(random.Random(args.seed).sample(range(len(splits.test)), args.examples))
     examples = [splits.test[i] for i in chosen]
     tick = time.perf_counter()
-    if args.workers > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(args.workers) as executor:
-            result = run_study(model, examples, layers=layers, flow_solver=args.flow_solver,
-                               reduction=args.gradient_reduction, executor=executor)
-    else:
-        result = run_study(model, examples, layers=layers, flow_solver=args.flow_solver,
-                           reduction=args.gradient_reduction)
+    result = _study(args, model, examples, layers)
     timings["scoring and correlations"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -207,20 +227,14 @@ def _reproduce(args: argparse.Namespace) -> int:
         "checkpoint": str(checkpoint),
         "examples": f"{len(examples)} test examples chosen with seed {args.seed}",
         "labels": ", ".join(f"{i} = {name}" for i, name in enumerate(LABEL_NAMES)),
-        "flow solver": args.flow_solver, "gradient reduction": args.gradient_reduction,
+        "flow solver": args.flow_solver,
     }
-    for ref in REFERENCES:
-        write_csv(tables, ref, layers, out / f"table{REFERENCES.index(ref) + 1}_{ref}.csv")
-    write_json({"setup": setup, "layers": layers, "accuracy": {"test": test_accuracy},
-                "checkpoint_metadata": metadata, "timings_seconds": timings, "tables": tables},
-               out / "results.json")
-    report = markdown_report(tables=tables, layers=layers, setup=setup, accuracy={"test": test_accuracy},
-                             timings=timings, figures=figure_names, example=figure_example)
-    (out / "report.md").write_text(report)
-    (out / "report.html").write_text(html_report(report))
-
+    summary = {"accuracy": {"test": test_accuracy}, "checkpoint_metadata": metadata, "timings_seconds": timings}
+    notes = _write_outputs(out, result=result, tables=tables, setup=setup, summary=summary,
+                           figure_names=figure_names, figure_example=figure_example)
     for ref in REFERENCES:
         print(f"\n{TABLE_TITLES[ref]}\n{markdown_table(tables, ref, layers)}")
+    print("\n" + "\n".join(f"- {note}" for note in notes))
     print(f"\n{len(examples)} examples in {timings['total']:.0f} s. Report, tables and figures: {out.resolve()}")
     return 0
 

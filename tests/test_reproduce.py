@@ -65,15 +65,14 @@ def test_study_matches_brute_force(checkpoint):
 
 def test_reproduce_end_to_end(checkpoint, tmp_path, capsys):
     out = tmp_path / "report"
-    code = main(["reproduce", "--checkpoint", str(checkpoint), "--examples", "6", "--out", str(out), "--seed", "1",
-                 "--flow-solver", "networkx"])
+    code = main(["reproduce", "--checkpoint", str(checkpoint), "--examples", "6", "--out", str(out), "--seed", "1"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "Table 1" in printed and "Table 2" in printed and "Rollout (paper) | 0.32±0.26" in printed
     assert str(out.resolve()) in printed.splitlines()[-1]
-    for name in ("report.md", "report.html", "table1_blank_out.csv", "table2_gradient.csv", "results.json",
-                 "fig1_raw_attention.png", "fig2_raw_rollout_flow_maps.png", "fig3_cls_raw_rollout_flow.png",
-                 "fig4_correlations.png"):
+    for name in ("report.md", "report.html", "table1_blank_out.csv", "table2_gradient_abs_sum.csv",
+                 "table2b_gradient_l2.csv", "results.json", "fig1_raw_attention.png",
+                 "fig2_raw_rollout_flow_maps.png", "fig3_cls_raw_rollout_flow.png", "fig4_correlations.png"):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     assert results["layers"] == [1, 2, 3]
@@ -92,8 +91,7 @@ def test_reproduce_retrain_and_workers(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(reproduce, "DATA_SIZES", SIZES)
     monkeypatch.setattr(reproduce, "EPOCHS", 1)
     saved = tmp_path / "retrained.pt"
-    argv = ["reproduce", "--retrain", "--checkpoint", str(saved), "--examples", "4", "--layers", "1,6",
-            "--flow-solver", "networkx"]
+    argv = ["reproduce", "--retrain", "--checkpoint", str(saved), "--examples", "4", "--layers", "1,6"]
     assert main(argv + ["--out", str(tmp_path / "serial")]) == 0
     _, metadata = load_checkpoint(saved)
     assert metadata["data_sizes"] == SIZES and len(metadata["history"]) == 1

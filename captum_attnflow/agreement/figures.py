@@ -18,9 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from captum_attnflow.agreement.study import METHOD_NAMES, METHODS, PAPER_TABLES, REFERENCES
+from captum_attnflow.agreement.study import METHOD_NAMES, METHODS, PAPER_REFERENCE, PAPER_TABLES, REFERENCES
 
-REFERENCE_TITLES = {"blank_out": "vs blank-out (Table 1)", "gradient": "vs input gradients (Table 2)"}
+REFERENCE_TITLES = {
+    "blank_out": "vs blank-out (Table 1)",
+    "gradient": "vs |Σ_d grad| (Table 2)",
+    "gradient_l2": "vs ‖grad‖₂ (Table 2b; paper: Table 2)",
+}
 COLORS = {"raw": "tab:gray", "rollout": "tab:blue", "flow": "tab:red"}
 
 
@@ -76,7 +80,7 @@ def plot_cls_scores(
     cls_rows: dict[str, np.ndarray], references: dict[str, np.ndarray], tokens: list[str], layers: list[int], path: Path
 ) -> Path:
     """Fig. 3. ``cls_rows``: method -> ``(k, n)`` [CLS] rows at ``layers``; ``references``:
-    ``"blank_out" | "gradient"`` -> ``(n,)``."""
+    reference name (:data:`~captum_attnflow.agreement.study.REFERENCES`) -> ``(n,)``."""
     plt = _pyplot()
     fig, axes = plt.subplots(len(cls_rows) + 1, 1, figsize=(0.45 * len(tokens) + 2, 1.6 * (len(cls_rows) + 1) + 1))
     for ax, (name, values) in zip(axes, cls_rows.items()):
@@ -96,14 +100,14 @@ def plot_cls_scores(
 def plot_correlations(summaries: dict[str, dict[str, dict[str, np.ndarray]]], layers: list[int], path: Path) -> Path:
     """Per-layer ρ. ``summaries``: reference -> method -> ``{"mean": (k,), "std": (k,)}``."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(REFERENCES), figsize=(6 * len(REFERENCES), 4), sharey=True)
+    fig, axes = plt.subplots(1, len(REFERENCES), figsize=(5.5 * len(REFERENCES), 4), sharey=True)
     for ax, ref in zip(axes, REFERENCES):
         for offset, name in zip((-0.12, 0.0, 0.12), METHODS):
             summary = summaries[ref][name]
             x = np.asarray(layers, dtype=float) + offset
             ax.errorbar(x, summary["mean"], yerr=summary["std"], marker="o", capsize=3, color=COLORS[name],
                         label=f"{METHOD_NAMES[name]} (this run)")
-            paper = np.array([PAPER_TABLES[ref][name][layer - 1][0] for layer in layers])
+            paper = np.array([PAPER_TABLES[PAPER_REFERENCE[ref]][name][layer - 1][0] for layer in layers])
             ax.plot(layers, paper, linestyle="--", marker="x", color=COLORS[name], alpha=0.6,
                     label=f"{METHOD_NAMES[name]} (paper)")
         ax.axhline(0, color="black", linewidth=0.5)

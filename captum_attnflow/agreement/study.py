@@ -8,7 +8,11 @@ included) with
 * blank-out importance — ``|Δ p(correct class)|`` when the token alone is replaced by ``[UNK]``
   (Table 1), and
 * input-gradient importance — ``|Σ_d ∂(p(class 0) - p(class 1)) / ∂e_d|`` for the token's input
-  embedding ``e`` (Table 2; ``reduction`` selects another per-token reduction).
+  embedding ``e`` (Table 2, the paper's reduction), and the L2 norm ``‖∂(p0 - p1) / ∂e‖₂``
+  (Table 2b). On this architecture the paper's sum vanishes in exact arithmetic: every path from
+  the embeddings to the classifier passes a LayerNorm, which is invariant to adding
+  ``c·(1, …, 1)``, so ``Σ_d ∂f/∂e_d = 0`` and float32 leaves only rounding noise, whose size
+  follows the gradient's magnitude. Both tables are reported for that reason.
 
 Examples are batched by exact length, so no padding enters any score.
 """
@@ -24,13 +28,17 @@ import torch
 from captum_attnflow import attention_flow, raw_attention, rollout
 from captum_attnflow.agreement.data import UNK, AgreementExample, batches_by_length, encode, vocabulary
 from captum_attnflow.agreement.model import AgreementModel
-from captum_attnflow.metrics import blank_out_scores, input_gradient_scores, layer_correlations
+from captum_attnflow.metrics import blank_out_scores, input_gradient_scores, layer_correlations, spearman
 
 METHODS: tuple[str, ...] = ("raw", "rollout", "flow")
 #: the paper's row names for :data:`METHODS`
 METHOD_NAMES: dict[str, str] = {"raw": "Raw", "rollout": "Rollout", "flow": "Flow"}
-REFERENCES: tuple[str, ...] = ("blank_out", "gradient")
+REFERENCES: tuple[str, ...] = ("blank_out", "gradient", "gradient_l2")
+#: per-token gradient reduction of each gradient reference
+GRADIENT_REFERENCES: dict[str, str] = {"gradient": "abs_sum", "gradient_l2": "l2"}
 
+#: the published table each reference is compared with (the paper has no L2-gradient table)
+PAPER_REFERENCE: dict[str, str] = {"blank_out": "blank_out", "gradient": "gradient", "gradient_l2": "gradient"}
 #: Abnar & Zuidema (2020), Tables 1 (blank-out) and 2 (input gradients): (mean, std) at L1..L6.
 PAPER_TABLES: dict[str, dict[str, list[tuple[float, float]]]] = {
     "blank_out": {
@@ -54,7 +62,7 @@ class ExampleScores:
         example: the generated example.
         probability: ``p(correct class)`` of the model.
         methods: ``"raw" | "rollout" | "flow"`` -> ``(k, n)`` [CLS]-row scores at the studied layers.
-        references: ``"blank_out" | "gradient"`` -> ``(n,)`` scores.
+        references: ``"blank_out" | "gradient" | "gradient_l2"`` -> ``(n,)`` scores.
     """
 
     example: AgreementExample
@@ -89,7 +97,6 @@ def run_study(
     *,
     layers: list[int] | None = None,
     flow_solver: str = "auto",
-    reduction: str = "abs_sum",
     batch_size: int = 64,
     executor: Executor | None = None,
     progress: bool = True,
@@ -101,7 +108,6 @@ def run_study(
         examples: the test examples.
         layers: 1-based layers to study (default: all).
         flow_solver: ``method`` of :func:`~captum_attnflow.attention_flow`.
-        reduction: per-token gradient reduction (:func:`~captum_attnflow.metrics.reduce_gradients`).
         batch_size: examples per forward pass (batches hold examples of one length).
         executor: when given, flow of each batch is computed by ``executor.submit`` (e.g. a
             process pool); the model-side scores stay in this process.
@@ -148,8 +154,9 @@ def run_study(
                 probabilities, input_ids, target=target, blank_id=blank_id,
                 perturbations_per_eval=input_ids.shape[1],
             ).numpy(),
-            "gradient": input_gradient_scores(class_difference, model.embed(input_ids), reduction=reduction).numpy(),
         }
+        for name, reduction in GRADIENT_REFERENCES.items():
+            references[name] = input_gradient_scores(class_difference, model.embed(input_ids), reduction=reduction).numpy()
         probability = torch.softmax(logits, -1)[torch.arange(len(batch)), target].numpy()
         pending.append((batch, methods, flow, references, probability))
         bar.update(len(batch))
@@ -171,3 +178,20 @@ def run_study(
                 references={name: values[row] for name, values in references.items()},
             )
     return StudyResult(layers=layers, correlations=correlations, scores=scores)
+
+
+def gradient_diagnostics(result: StudyResult) -> dict[str, float]:
+    """How the paper's ``|Σ_d g_d|`` relates to ``‖g‖₂`` over all tokens of the study.
+
+    Returns:
+        ``{"median_ratio": median of |Σ_d g_d| / ‖g‖₂ over tokens with ‖g‖₂ > 0,
+        "mean_rho": mean over examples of Spearman ρ between the two per-token scores}``.
+    """
+    sums = np.concatenate([s.references["gradient"] for s in result.scores])
+    norms = np.concatenate([s.references["gradient_l2"] for s in result.scores])
+    positive = norms > 0
+    rhos = np.array([spearman(s.references["gradient"], s.references["gradient_l2"]) for s in result.scores])
+    return {
+        "median_ratio": float(np.median(sums[positive] / norms[positive])) if positive.any() else float("nan"),
+        "mean_rho": float(np.nanmean(rhos)) if np.isfinite(rhos).any() else float("nan"),
+    }
