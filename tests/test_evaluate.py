@@ -44,6 +44,11 @@ def tiny_bert(seed: int = 0):
     return transformers.BertForSequenceClassification(config).eval()
 
 
+def factory_classifier() -> HFClassifier:
+    """A picklable model factory: each worker builds the same tiny BERT once."""
+    return HFClassifier(tiny_bert())
+
+
 def make_data(count: int, seed: int = 1, lengths=(2, 10)):
     rng = np.random.default_rng(seed)
     return [
@@ -445,7 +450,7 @@ def dask_client():
 
 
 def test_dask_local_cluster_equals_serial(classifier, serial, dask_client):
-    """The whole evaluation through ``client.get_executor()``; the flow tasks bit for bit."""
+    """Flow tasks, then whole batches, through ``client.get_executor()``; flow bit for bit."""
     assert len(dask_client.scheduler_info()["workers"]) == 2
     rng = np.random.default_rng(0)
     graphs = [rng.random((3, n, n)) for n in (4, 7, 9)]
@@ -458,6 +463,11 @@ def test_dask_local_cluster_equals_serial(classifier, serial, dask_client):
                       executor=dask_client.get_executor(), **SETTINGS)
     assert result.lost == {} and result.errors == {}
     assert_same_records(serial.examples, result.examples)
+    # a model factory: whole batches run on the workers, each building the model once
+    batches = evaluate(factory_classifier, make_data(10), "raw,rollout,flow,ig,occlusion", batch_size=4,
+                       executor=dask_client.get_executor(), **SETTINGS)
+    assert batches.lost == {} and batches.errors == {}
+    assert_same_records(serial.examples, batches.examples)
 
 
 def test_agreement_model_through_the_cli(tmp_path):
@@ -491,3 +501,4 @@ def test_agreement_model_through_the_cli(tmp_path):
     batched = evaluate(classifier, data, "raw,rollout,flow,saliency", batch_size=6, **SETTINGS)
     alone = evaluate(classifier, data, "raw,rollout,flow,saliency", batch_size=1, **SETTINGS)
     assert_same_records(batched.examples, alone.examples)
+

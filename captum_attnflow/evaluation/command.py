@@ -17,8 +17,8 @@ Models and data:
                               --data FILE.txt (one text per line, target = predicted class) or
                               FILE.csv (column "text", optional column "label": index or name)
 
-Flow is solved in --workers N local processes (default: in-process) or on a Dask cluster
-(--dask ADDRESS). An interrupted run continues with --resume; examples lost with a dead worker
+Whole batches (model passes, flow, metrics) run in --workers N local processes, each loading
+the model once (default: in-process), or on a Dask cluster (--dask ADDRESS). An interrupted run continues with --resume; examples lost with a dead worker
 are listed and rerun by --resume (exit status 3 while any are lost).
 
 Example:
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import sys
 from pathlib import Path
@@ -59,8 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated: raw,rollout,flow,saliency,ixg,ig,occlusion,ablation (default raw,rollout,flow)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--workers", type=int, default=0, help="local worker processes for flow (default 0: in-process)")
-    parser.add_argument("--dask", metavar="ADDRESS", help="solve flow on the Dask scheduler at ADDRESS instead")
+    parser.add_argument("--workers", type=int, default=0, help="local worker processes, each loading the model once (default 0: in-process)")
+    parser.add_argument("--dask", metavar="ADDRESS", help="run the batches on the Dask scheduler at ADDRESS instead")
     parser.add_argument("--examples", type=int, help="evaluate only the first N examples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per padded batch (default 8)")
@@ -83,21 +84,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _agreement(args):
-    from captum_attnflow.agreement.data import PAD, UNK, encode, generate_splits, vocabulary
+def load_agreement(path: str | None):
+    """The agreement classifier of the checkpoint at ``path`` (``None``: the shipped one)."""
+    from captum_attnflow.agreement.data import PAD, UNK, vocabulary
     from captum_attnflow.agreement.model import load_checkpoint, shipped_checkpoint_path
     from captum_attnflow.evaluation.models import AgreementClassifier
 
+    model, _ = load_checkpoint(shipped_checkpoint_path() if path is None else path)
+    words = vocabulary()
+    return AgreementClassifier(model, blank_id=words.index(UNK), pad_id=words.index(PAD))
+
+
+def _agreement(args):
+    from captum_attnflow.agreement.data import encode, generate_splits
+    from captum_attnflow.agreement.model import load_checkpoint, shipped_checkpoint_path
+
     if args.data not in (None, "agreement"):
         raise ValueError("the agreement model evaluates its own generated data; use --data agreement (or omit --data).")
-    model, metadata = load_checkpoint(shipped_checkpoint_path() if args.model == "agreement" else args.model)
-    words = vocabulary()
-    classifier = AgreementClassifier(model, blank_id=words.index(UNK), pad_id=words.index(PAD))
+    path = None if args.model == "agreement" else args.model
+    _, metadata = load_checkpoint(shipped_checkpoint_path() if path is None else path)  # checks it early
     # the test split of the data the checkpoint was trained with (never seen in training)
     test = generate_splits(metadata["data_seed"], **metadata["data_sizes"]).test
     if args.examples is not None:
         test = test[: args.examples]
-    return classifier, [(ids, e.label) for ids, e in zip(encode(test), test)]
+    return functools.partial(load_agreement, path), [(ids, e.label) for ids, e in zip(encode(test), test)]
 
 
 def _texts(path: Path, label2id: dict[str, int]) -> list[tuple[str, int | None]]:
@@ -119,10 +129,20 @@ def _texts(path: Path, label2id: dict[str, int]) -> list[tuple[str, int | None]]
     raise ValueError(f"--data {path}: use a .txt file (one example per line) or a .csv file with a 'text' column.")
 
 
-def _huggingface(args):
+def load_huggingface(directory: str):
+    """:class:`HFClassifier` of the local model directory (eager attention; blank = ``[UNK]``)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from captum_attnflow.evaluation.models import HFClassifier
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForSequenceClassification.from_pretrained(directory, attn_implementation="eager")
+    blank_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.mask_token_id
+    return HFClassifier(model, blank_id=blank_id, pad_id=tokenizer.pad_token_id)
+
+
+def _huggingface(args):
+    from transformers import AutoConfig, AutoTokenizer
 
     directory = Path(args.model)
     if not directory.is_dir():
@@ -133,16 +153,13 @@ def _huggingface(args):
     if not data_path.is_file():
         raise ValueError(f"--data {args.data!r} is not a file.")
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = AutoModelForSequenceClassification.from_pretrained(directory, attn_implementation="eager")
-    blank_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.mask_token_id
-    classifier = HFClassifier(model, blank_id=blank_id, pad_id=tokenizer.pad_token_id)
-    texts = _texts(data_path, {str(k): int(v) for k, v in (model.config.label2id or {}).items()})
+    label2id = AutoConfig.from_pretrained(directory).label2id or {}
+    texts = _texts(data_path, {str(k): int(v) for k, v in label2id.items()})
     if args.examples is not None:
         texts = texts[: args.examples]
     # empty lines stay (recorded as failed) so that example numbers match the file's lines
-    return classifier, [
-        ((tokenizer(text, truncation=False)["input_ids"] if text.strip() else []), label) for text, label in texts
-    ]
+    data = [((tokenizer(text, truncation=False)["input_ids"] if text.strip() else []), label) for text, label in texts]
+    return functools.partial(load_huggingface, str(directory)), data
 
 
 def _executor(args):
@@ -171,14 +188,14 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     try:
         agreement = args.model == "agreement" or args.model.endswith(".pt")
-        classifier, data = _agreement(args) if agreement else _huggingface(args)
+        factory, data = _agreement(args) if agreement else _huggingface(args)
         executor, close = _executor(args)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
         result = evaluate(
-            classifier, data, args.methods, position=args.position, gradient_reduction=args.gradient_reduction,
+            factory, data, args.methods, position=args.position, gradient_reduction=args.gradient_reduction,
             fractions=args.fractions, deletion=args.deletion, protected=args.protect, batch_size=args.batch_size,
             truncation=args.truncation, max_length=args.max_length, executor=executor, out=args.out,
             resume=args.resume, progress=not args.no_progress, flow_solver=args.flow_solver,

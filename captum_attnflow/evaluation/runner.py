@@ -17,6 +17,13 @@ While workers solve flow for a batch, the main process already runs the model on
 computes AOPC for every method (one forward pass over the example's deduplicated perturbed
 inputs) and Spearman's ρ against both references, and streams the example's record to disk.
 
+With a fast flow solver the model's own passes (blank-out, AOPC) dominate, so the main process
+becomes the bottleneck. Passing a **model factory** instead of a model — a picklable
+``factory() -> Classifier``, e.g. ``functools.partial(load_my_classifier, path)`` — moves the
+*whole* evaluation of each batch into the executor (:func:`batch_task`): every worker builds
+the model once, on its first batch, and returns finished records; the main process only checks
+lengths and streams records. The model itself is still never shipped.
+
 Failures are per example: a bad example (empty, too long with ``truncation="error"``, a label
 out of range, a model error) gets ``status="error"`` with its message; an example whose flow
 task raised in the executor (a dead worker, a broken pool) gets ``status="lost"``. Resuming
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import pickle
 from collections import deque
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -45,7 +53,7 @@ from captum_attnflow.evaluation.methods import (
     Batch, BatchMethod, EvaluationMethod, FlowMethod, Position, flow_task, resolve_methods, resolve_position,
 )
 from captum_attnflow.evaluation.models import Classifier, HFClassifier
-from captum_attnflow.evaluation.results import ResultStore, ResultTable
+from captum_attnflow.evaluation.results import ResultStore, ResultTable, json_safe
 from captum_attnflow.graph import HEAD_FUSIONS
 from captum_attnflow.metrics import GRADIENT_REDUCTIONS, GradientReduction, blank_out_scores, input_gradient_scores, spearman
 
@@ -118,7 +126,7 @@ class _Pending:
 class _Run:
     """State of one :func:`evaluate` call (see the module docstring for the flow of work)."""
 
-    def __init__(self, classifier: Classifier, methods: list[EvaluationMethod], store: ResultStore, *,
+    def __init__(self, classifier: Classifier, methods: list[EvaluationMethod], store: ResultStore | _Collector, *,
                  executor: Executor, position: Position, head_fusion: str, residual: bool,
                  gradient_reduction: str, fractions: tuple[float, ...], deletion: str,
                  protected: tuple[int, ...], truncation: str, max_length: int | None,
@@ -140,11 +148,10 @@ class _Run:
         self._record(example.index, "error", error=f"{type(error).__name__}: {error}")
 
     # -- model stage -----------------------------------------------------------------------
-    def start(self, examples: Sequence[Example]) -> list[_Pending]:
-        """Validate, run the model stage on the batch and submit flow; failures become records."""
+    def validate(self, examples: Sequence[Example]) -> list[tuple[Example, bool]]:
+        """Length checks; returns ``(example, truncated)`` to run. Failures become records."""
         if self.broken:
-            for example in examples:
-                self._record(example.index, "lost", error=self.broken)
+            self.lose(examples, self.broken)
             return []
         runnable: list[tuple[Example, bool]] = []
         for example in examples:
@@ -152,6 +159,15 @@ class _Run:
                 runnable.append(fit_length(example, self.max_length, self.truncation))
             except ValueError as error:
                 self._fail(example, error)
+        return runnable
+
+    def lose(self, examples: Iterable[Example], message: str) -> None:
+        """Record ``examples`` as lost (an executor failure); resuming runs them."""
+        for example in examples:
+            self._record(example.index, "lost", error=message)
+
+    def start(self, runnable: Sequence[tuple[Example, bool]]) -> list[_Pending]:
+        """Run the model stage on a batch and submit its flow tasks; failures become records."""
         if not runnable:
             return []
         try:
@@ -284,6 +300,45 @@ class _Run:
         return out
 
 
+class _Collector:
+    """Stands in for the store and the progress bar inside a worker: keeps the records."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(json_safe(record))
+
+    def update(self, count: int) -> None:
+        """Progress is shown by the main process."""
+
+
+_CLASSIFIERS: dict[bytes, Classifier] = {}
+
+
+def _cached_classifier(factory: Callable[[], Classifier]) -> Classifier:
+    """``factory()``, built once per process (keyed by the pickled factory)."""
+    key = pickle.dumps(factory)
+    if key not in _CLASSIFIERS:
+        classifier = factory()
+        if not isinstance(classifier, Classifier):
+            raise TypeError(f"the model factory must return a Classifier (e.g. HFClassifier); got {type(classifier).__name__}.")
+        _CLASSIFIERS[key] = classifier
+    return _CLASSIFIERS[key]
+
+
+def batch_task(factory: Callable[[], Classifier], methods: list[EvaluationMethod], settings: dict[str, Any],
+               runnable: list[tuple[Example, bool]]) -> list[dict[str, Any]]:
+    """The whole evaluation of one batch, in a worker that loads the model once (``factory``).
+
+    Returns the batch's records (``ok`` or ``error``); flow is solved in the worker itself.
+    """
+    collector = _Collector()
+    run = _Run(_cached_classifier(factory), methods, collector, executor=SerialExecutor(), progress=collector, **settings)
+    run.finish(run.start(runnable))
+    return collector.records
+
+
 def _batches(examples: Iterator[Example], size: int) -> Iterator[list[Example]]:
     batch: list[Example] = []
     for example in examples:
@@ -330,7 +385,9 @@ def evaluate(
 
     Args:
         model: a :class:`Classifier`, or a Hugging Face sequence-classification model (wrapped in
-            :class:`HFClassifier`; it must use eager attention).
+            :class:`HFClassifier`; it must use eager attention) — then only flow runs in the
+            executor — or a picklable factory returning a :class:`Classifier` — then whole batches
+            run in the executor, each worker building the model once (see the module docstring).
         data: an iterable of examples (dicts with ``input_ids`` and optionally ``label``, pairs
             ``(input_ids, label)``, or token-id sequences) or a ``DataLoader`` of padded batches;
             see :mod:`captum_attnflow.evaluation.data`. The target class is the label when given,
@@ -354,7 +411,8 @@ def evaluate(
         truncation: an example longer than ``max_length``: ``"warn"`` cuts it (recorded as
             ``truncated``), ``"error"`` records it as failed.
         max_length: default ``model.max_length``.
-        executor: any ``concurrent.futures.Executor`` for flow (default: in-process);
+        executor: any ``concurrent.futures.Executor`` for flow, or for whole batches with a model
+            factory (default: in-process);
             :func:`process_pool`, ``dask.distributed.Client(...).get_executor()``, ... It is not
             shut down here.
         max_in_flight: examples submitted but not yet finished (default ``4 * batch_size``).
@@ -377,7 +435,16 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    classifier = model if isinstance(model, Classifier) else HFClassifier(model)
+    factory = None
+    if isinstance(model, Classifier):
+        classifier = model
+    elif isinstance(model, nn.Module):
+        classifier = HFClassifier(model)
+    elif callable(model):
+        factory = model
+        classifier = _cached_classifier(factory)
+    else:
+        raise TypeError(f"model must be a Classifier, a Hugging Face model or a factory returning a Classifier; got {type(model).__name__}.")
     resolved = resolve_methods(methods, flow_solver=flow_solver)
     if head_fusion not in HEAD_FUSIONS:
         raise ValueError(f"unknown head_fusion {head_fusion!r}; choose one of {HEAD_FUSIONS}.")
@@ -407,22 +474,47 @@ def evaluate(
     done = store.done()
     total = dataset_size(data)
     bar = tqdm(total=total, initial=len(done), disable=not progress, unit="ex", desc="evaluate")
-    run = _Run(
-        classifier, resolved, store, executor=executor or SerialExecutor(), position=position,
-        head_fusion=head_fusion, residual=residual, gradient_reduction=gradient_reduction,
-        fractions=fractions, deletion=deletion, protected=protected, truncation=truncation,
-        max_length=max_length, aopc_batch_size=aopc_batch_size, progress=bar,
+    settings = dict(
+        position=position, head_fusion=head_fusion, residual=residual, gradient_reduction=gradient_reduction,
+        fractions=fractions, deletion=deletion, protected=protected, truncation=truncation, max_length=max_length,
+        aopc_batch_size=aopc_batch_size,
     )
+    executor = executor or SerialExecutor()
+    run = _Run(classifier, resolved, store, executor=executor, progress=bar, **settings)
     limit = max_in_flight if max_in_flight is not None else 4 * batch_size
-    in_flight: deque[list[_Pending]] = deque()
+    in_flight: deque[tuple[list[tuple[Example, bool]], Any]] = deque()
+
+    def settle(runnable, work) -> None:
+        if factory is None:
+            run.finish(work)
+            return
+        try:
+            records = work.result()
+        except Exception as error:  # noqa: BLE001 - the worker or the pool died
+            run.lose([example for example, _ in runnable], f"batch lost: {type(error).__name__}: {error}")
+            return
+        for record in records:
+            store.write(record)
+            bar.update(1)
+
     try:
         todo = (example for example in iterate_examples(data) if example.index not in done)
         for examples in _batches(todo, batch_size):
-            in_flight.append(run.start(examples))
-            while in_flight and sum(len(p) for p in in_flight) > limit:
-                run.finish(in_flight.popleft())
+            runnable = run.validate(examples)
+            if not runnable:
+                continue
+            if factory is None:
+                in_flight.append((runnable, run.start(runnable)))
+            else:
+                try:
+                    in_flight.append((runnable, executor.submit(batch_task, factory, resolved, settings, runnable)))
+                except Exception as error:  # noqa: BLE001 - a shut-down or broken executor
+                    run.broken = f"the executor refused the batch: {type(error).__name__}: {error}"
+                    run.lose([example for example, _ in runnable], run.broken)
+            while in_flight and sum(len(r) for r, _ in in_flight) > limit:
+                settle(*in_flight.popleft())
         while in_flight:
-            run.finish(in_flight.popleft())
+            settle(*in_flight.popleft())
     finally:
         bar.close()
         store.close()
