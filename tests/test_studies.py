@@ -395,3 +395,33 @@ def test_pronoun_study_weights_match_raw_attention_and_flow_reference(smollm2):
     layers = [0, 3]
     reference = attention_flow(out.attentions, output_positions=-1, layers=layers, method="networkx")[0, layers, -1]
     np.testing.assert_allclose(result.weights["flow"][0, layers], reference.numpy() @ selectors, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# examples/vit_digits.py (reduced: 300 training digits, one epoch)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_vit_digits_example_maps_and_figure(tmp_path):
+    pytest.importorskip("sklearn")
+    import importlib.util as util
+    from pathlib import Path
+
+    spec = util.spec_from_file_location("vit_digits", Path(__file__).parents[1] / "examples" / "vit_digits.py")
+    example = util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    torch.set_num_threads(1)
+    x_train, x_test, y_train, _ = example.load_digits_split(0)
+    assert x_train.shape[1:] == (1, 8, 8) and 0 <= x_train.min() and x_train.max() <= 1
+    model = example.train_vit(x_train[:300], y_train[:300], epochs=1)
+    images = x_test[:2]
+    maps = example.explain(model, images)
+    assert set(maps) == {"rollout", "flow", "integrated gradients", "occlusion"}
+    assert all(values.shape == (2, 8, 8) for values in maps.values())
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        attentions = model(pixel_values=images, output_attentions=True).attentions
+    cls_rollout = rollout(attentions)[:, -1, 0, 1:].reshape(2, 4, 4)  # [CLS] at the last layer, 16 patches
+    torch.testing.assert_close(maps["rollout"][:, ::2, ::2], cls_rollout, atol=1e-5, rtol=1e-4)
+    path = example.draw(images, torch.tensor([0, 1]), torch.tensor([0, 1]), maps, tmp_path / "digits.png")
+    assert path.stat().st_size > 1000
