@@ -323,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
         his, her = paper.probabilities[row]
         last = {name: paper.weights[name][row, -1] for name in METHODS}
         lines.append(f"- \"{example.text} ___\": P(his) = {his:.3f}, P(her) = {her:.3f}; last layer "
-                     + ", ".join(f"{name} {last[name][0]:.3f} vs {last[name][1]:.3f}" for name in METHODS)
+                     + ", ".join(f"{name} {last[name][0]:.3g} vs {last[name][1]:.3g}" for name in METHODS)
                      + f" ({example.referents[0]} vs {example.referents[1]})")
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
