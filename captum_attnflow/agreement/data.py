@@ -19,7 +19,7 @@ Grammar (one sentence prefix; ``?`` = optional, ``*`` = repeated, probabilities 
     obj-RC    := rel NP(m) adverb? verb(m)                  "that the men carry"
     rel       := "that" | "which" | "who"  (who only after a person noun)
 
-* ``noun(n)``: 70 singular/plural pairs, regular and irregular (man/men, child/children,
+* ``noun(n)``: 72 singular/plural pairs, regular and irregular (man/men, child/children,
   mouse/mice, ...). ``det(n)`` is number-neutral ("the", "my", "our", ...) with probability 0.75,
   else number-marked ("this"/"these", "a"/"some", "every"/"many", ...).
 * Every noun inside a modifier takes the number opposite to the subject head with probability
@@ -30,10 +30,10 @@ Grammar (one sentence prefix; ``?`` = optional, ``*`` = repeated, probabilities 
 * Prefixes are 3–28 words, so inputs are 5–30 tokens with ``[CLS]`` and ``[END]``; longer
   draws are rejected and redrawn.
 
-How it differs from Linzen et al.'s data: a closed ~400-word vocabulary with no unknown words,
+How it differs from Linzen et al.'s data: a closed 309-word vocabulary with no unknown words,
 only the constructions above (no coordination, no sentential complements, no quotations, no
 collective nouns, no parser noise), the subject is always present and never inverted, and
-attractors are far more frequent (about two thirds of the examples have at least one; in
+attractors are far more frequent (about 60 % of the examples have at least one; in
 Wikipedia only a few percent do). The task is therefore cleaner but attractor-heavy.
 
 Splits are drawn from one seeded stream, deduplicated, and assigned in order (train, then
