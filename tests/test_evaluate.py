@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from scipy import stats
 
 from captum_attnflow import attention_flow, raw_attention, rollout
-from captum_attnflow.evaluation import CaptumMethod, HFClassifier, ResultTable, evaluate
+from captum_attnflow.evaluation import CaptumMethod, HFClassifier, ResultTable, SerialExecutor, evaluate
 from captum_attnflow.evaluation.data import as_example, fit_length, iterate_examples, pad_batch
 from captum_attnflow.evaluation.faithfulness import (
     aopc, bootstrap_interval, check_fractions, perturbed_inputs, top_k_counts,
@@ -434,6 +435,32 @@ def test_dead_worker_loses_examples_that_resume_completes(classifier, serial, tm
     assert sorted(list(broken.lost) + [e["index"] for e in broken.examples]) == list(range(10))
     resumed = evaluate(classifier, data, "raw,rollout,flow,ig,occlusion", out=tmp_path, resume=True, **SETTINGS)
     assert resumed.lost == {} and resumed.errors == {}
+    assert_same_records(serial.examples, resumed.examples)
+
+
+class LosingExecutor(SerialExecutor):
+    """In-process, but the second task is lost as if its worker had died."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 2:
+            future = Future()
+            future.set_exception(BrokenProcessPool("worker terminated"))
+            return future
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_lost_batch_of_a_model_factory_is_resumed(serial, tmp_path):
+    data = make_data(10)
+    broken = evaluate(factory_classifier, data, "raw,rollout,flow,ig,occlusion", batch_size=4,
+                      executor=LosingExecutor(), out=tmp_path, **SETTINGS)
+    assert sorted(broken.lost) == [4, 5, 6, 7] and "BrokenProcessPool" in broken.lost[4]
+    resumed = evaluate(factory_classifier, data, "raw,rollout,flow,ig,occlusion", batch_size=4,
+                       out=tmp_path, resume=True, **SETTINGS)
+    assert resumed.lost == {}
     assert_same_records(serial.examples, resumed.examples)
 
 

@@ -99,7 +99,8 @@ class Evaluation:
             ``probability``, ``scores[method]`` (rows × tokens; also ``blank_out`` and
             ``gradient``) and ``metrics[method][metric]`` (one value per row).
         errors: index -> message for examples that failed.
-        lost: index -> message for examples whose flow task was lost (resume to run them).
+        lost: index -> message for examples whose task was lost in the executor (a dead
+            worker); resume to run them.
     """
 
     table: ResultTable
@@ -351,7 +352,7 @@ def _batches(examples: Iterator[Example], size: int) -> Iterator[list[Example]]:
 
 
 def evaluate(
-    model: Classifier | nn.Module,
+    model: Classifier | nn.Module | Callable[[], Classifier],
     data: Iterable[Any],
     methods: str | Sequence[str | EvaluationMethod] = ("raw", "rollout", "flow"),
     *,
