@@ -21,7 +21,7 @@ HELP = "reproduce the paper's verb-agreement study: Tables 1-2 and Figs. 1-3 (of
 #: sizes of the generated splits when retraining
 DATA_SIZES: dict[str, int] = {"train": 20000, "valid": 2000, "test": 4000}
 #: epochs of training when retraining (see ``captum_attnflow.agreement.train.TrainingConfig``)
-EPOCHS = 3
+EPOCHS = 1
 #: a test example for Figs. 1–3 is chosen among those with this many tokens (if any)
 FIGURE_LENGTHS = range(10, 17)
 

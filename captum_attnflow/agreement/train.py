@@ -22,7 +22,7 @@ from captum_attnflow.agreement.model import AgreementModel, ModelConfig
 class TrainingConfig:
     """Optimisation settings of :func:`train_model`."""
 
-    epochs: int = 3
+    epochs: int = 1
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
