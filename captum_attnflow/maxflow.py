@@ -102,25 +102,26 @@ CUT_GAP = 1e-12
 THREADS_MIN_WORK = 4_000_000
 
 
-def _sort_arcs(capacities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Arcs of every node sorted by decreasing capacity (for ``capacities[1:]``; row 0 unused).
+def _sort_arcs(capacities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Arcs of every node sorted by decreasing capacity (the solver reads layers ``1..l-1``).
 
-    Returns ``(order, sorted_caps, rank)`` of shape ``(l, n, n)``: ``order[k, i, r]`` is the head
-    of the ``r``-th largest arc out of ``(k+1, i)``, ``sorted_caps[k, i, r]`` its capacity and
-    ``rank[k, i, order[k, i, r]] = r``.
+    Returns ``(order, sorted_caps, num_arcs, rank)``: ``order[k, i, r]`` is the head of the
+    ``r``-th largest arc out of ``(k+1, i)``, ``sorted_caps[k, i, r]`` its capacity,
+    ``num_arcs[k, i]`` the number of arcs above :data:`RESIDUAL_EPS` (the others are never used)
+    and ``rank[k, i, order[k, i, r]] = r``; all ``(l, n, n)`` except ``num_arcs`` ``(l, n)``.
+    Ties are in any order.
     """
-    num_layers, n, _ = capacities.shape
-    order = np.zeros((num_layers, n, n), np.int32)
-    order[1:] = np.argsort(-capacities[1:], axis=-1, kind="stable")
+    n = capacities.shape[-1]
+    order = np.argsort(-capacities, axis=-1).astype(np.int32)
     sorted_caps = np.take_along_axis(capacities, order, axis=-1)
-    sorted_caps[0] = 0.0
-    rank = np.zeros((num_layers, n, n), np.int32)
+    rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(n, dtype=np.int32)[None, None, :], axis=-1)
-    return order, sorted_caps, rank
+    num_arcs = (sorted_caps > RESIDUAL_EPS).sum(axis=-1, dtype=np.int32)
+    return order, sorted_caps, num_arcs, rank
 
 
 @numba.njit(cache=True)
-def _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, rank, flow, sink_flow,
+def _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank, flow, sink_flow,
                    level, arc_of, path_layer, path_node, path_arc, path_residual, touched, recorded,
                    num_touched, limit, backward):
     """Dinic's blocking flow on the level graph ``level`` by depth-first search.
@@ -131,7 +132,10 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, ra
     ``(k+1, p)``, ``p = 0..n-1`` (residual = their flow; only scanned when ``backward``).
     ``arc_of[u]`` is the current-arc pointer. The current path is kept in ``path_*`` (layer,
     node, arc taken, residual of that arc); after an augmentation the search resumes at the
-    first arc that it saturated. ``touched[:num_touched]`` lists (once, flagged in ``recorded``)
+    first arc that it saturated. In the first phase (``backward`` False) a path that reaches
+    layer 2 is not extended node by node: its bottleneck is spread over the layer-2 node's arcs
+    into live layer-1 nodes and from there into the sink (a tree of paths, one update of the
+    path above). ``touched[:num_touched]`` lists (once, flagged in ``recorded``)
     the flat index into ``flow`` of every arc that carried flow, so that only those are reset for
     the next sink. Stops once ``limit`` has been pushed.
 
@@ -145,48 +149,81 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, ra
         k = path_layer[depth]
         i = path_node[depth]
         u = k * n + i
+        amount = 0.0
         if k == 1 and arc_of[u] == 0:
-            amount = sink_cap[i] - sink_flow[i]
-            if amount > RESIDUAL_EPS and level[sink] == level[u] + 1:
+            residual = sink_cap[i] - sink_flow[i]
+            if residual > RESIDUAL_EPS and level[sink] == level[u] + 1:
+                amount = residual
                 for d in range(depth):
                     amount = min(amount, path_residual[d])
                 sink_flow[i] += amount
-                retreat = depth
-                for d in range(depth - 1, -1, -1):
-                    kd = path_layer[d]
-                    node = path_node[d]
-                    arc = path_arc[d]
-                    if arc < n:
-                        index = ((kd - 1) * n + node) * n + arc
+            else:
+                arc_of[u] = n  # a layer-1 node's only forward arc is the one into the sink
+        elif k == 2 and not backward:
+            # Fan out: in the layered level graph every live layer-1 node leads to the sink, so
+            # push the path's bottleneck through as many of them as it takes, in one go.
+            budget = limit - total
+            for d in range(depth):
+                budget = min(budget, path_residual[d])
+            while arc_of[u] < num_arcs[1, i] and budget - amount > RESIDUAL_EPS:
+                arc = arc_of[u]
+                head = order[1, i, arc]
+                if level[n + head] == level[u] + 1:
+                    into_head = sorted_caps[1, i, arc] - flow[1, i, arc]
+                    out_of_head = sink_cap[head] - sink_flow[head]
+                    if out_of_head <= RESIDUAL_EPS:
+                        level[n + head] = -1
+                    elif into_head > RESIDUAL_EPS:
+                        pushed = min(budget - amount, into_head, out_of_head)
+                        index = (n + i) * n + arc
                         if not recorded[index]:
                             recorded[index] = True
                             touched[num_touched] = index
                             num_touched += 1
-                        flow[kd - 1, node, arc] += amount
-                    else:
-                        p = arc - n
-                        flow[kd, p, rank[kd, p, node]] -= amount
-                    path_residual[d] -= amount
-                    if path_residual[d] <= RESIDUAL_EPS:
-                        retreat = d
-                total += amount
-                depth = retreat
-                continue
-            arc_of[u] = n  # a layer-1 node's only forward arc is the one into the sink
+                        flow[1, i, arc] += pushed
+                        sink_flow[head] += pushed
+                        amount += pushed
+                        if out_of_head - pushed <= RESIDUAL_EPS:
+                            level[n + head] = -1
+                        elif into_head - pushed > RESIDUAL_EPS:
+                            break  # the budget is used up; this arc can take more later
+                arc_of[u] += 1
+        if amount > 0.0:  # augment along the path: amount is at most every path residual
+            retreat = depth
+            for d in range(depth - 1, -1, -1):
+                kd = path_layer[d]
+                node = path_node[d]
+                arc = path_arc[d]
+                if arc < n:
+                    index = ((kd - 1) * n + node) * n + arc
+                    if not recorded[index]:
+                        recorded[index] = True
+                        touched[num_touched] = index
+                        num_touched += 1
+                    flow[kd - 1, node, arc] += amount
+                else:
+                    p = arc - n
+                    flow[kd, p, rank[kd, p, node]] -= amount
+                path_residual[d] -= amount
+                if path_residual[d] <= RESIDUAL_EPS:
+                    retreat = d
+            total += amount
+            depth = retreat
+            continue
         advanced = False
         while True:
             arc = arc_of[u]
             if arc < n:
-                cap = sorted_caps[k - 1, i, arc]
-                if cap <= RESIDUAL_EPS:  # sorted: the remaining forward arcs are empty too
+                if arc >= num_arcs[k - 1, i]:  # sorted: the remaining forward arcs are empty
                     arc_of[u] = n
                     continue
-                residual = cap - flow[k - 1, i, arc]
                 head = order[k - 1, i, arc]
-                if residual > RESIDUAL_EPS and level[(k - 1) * n + head] == level[u] + 1:
-                    advanced = True
-                    head_layer = k - 1
-                    break
+                if level[(k - 1) * n + head] == level[u] + 1:
+                    residual = sorted_caps[k - 1, i, arc] - flow[k - 1, i, arc]
+                    if residual > RESIDUAL_EPS:
+                        advanced = True
+                        head_layer = k - 1
+                        break
             elif backward and arc < 2 * n and k < num_layers:
                 head = arc - n
                 residual = flow[k, head, rank[k, head, i]]
@@ -213,7 +250,7 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, ra
 
 
 @numba.njit(cache=True)
-def _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, rank, flow, sink_flow, level, queue):
+def _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank, flow, sink_flow, level, queue):
     """Breadth-first distances from the source in the residual graph; False if the sink is cut off."""
     level[:] = -1
     top = num_layers * n + source
@@ -232,12 +269,9 @@ def _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, rank, flo
             if level[sink] < 0 and sink_cap[i] - sink_flow[i] > RESIDUAL_EPS:
                 level[sink] = level[u] + 1
         else:
-            for arc in range(n):
-                cap = sorted_caps[k - 1, i, arc]
-                if cap <= RESIDUAL_EPS:
-                    break
+            for arc in range(num_arcs[k - 1, i]):
                 v = (k - 1) * n + order[k - 1, i, arc]
-                if level[v] < 0 and cap - flow[k - 1, i, arc] > RESIDUAL_EPS:
+                if level[v] < 0 and sorted_caps[k - 1, i, arc] - flow[k - 1, i, arc] > RESIDUAL_EPS:
                     level[v] = level[u] + 1
                     queue[tail] = v
                     tail += 1
@@ -252,7 +286,7 @@ def _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, rank, flo
 
 
 @numba.njit(cache=True)
-def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, order, sorted_caps, rank, upper,
+def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank, upper,
                       flow, sink_flow, level, arc_of, path_layer, path_node, path_arc, path_residual, queue, touched,
                       recorded):
     """Exact max-flow value from ``(num_layers, source)`` to ``(0, sink)``; leaves ``flow`` zeroed."""
@@ -268,14 +302,15 @@ def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, order, sorted_caps,
     num_touched = 0
     backward = False
     while True:
-        pushed, num_touched = _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, rank,
+        pushed, num_touched = _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank,
                                              flow, sink_flow, level, arc_of, path_layer, path_node, path_arc,
                                              path_residual, touched, recorded, num_touched, upper - CUT_GAP - value,
                                              backward)
         value += pushed
         if value >= upper - CUT_GAP:
             break
-        if not _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, rank, flow, sink_flow, level, queue):
+        if not _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank, flow, sink_flow,
+                       level, queue):
             break
         arc_of[:] = 0
         backward = True  # later level graphs can use reverse arcs
@@ -287,7 +322,7 @@ def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, order, sorted_caps,
 
 
 @numba.njit(cache=True, nogil=True)
-def _solve_sinks(capacities, order, sorted_caps, rank, sources, first, step, out):
+def _solve_sinks(capacities, order, sorted_caps, num_arcs, rank, sources, first, step, out):
     """Fill ``out[p, j]`` for the tasks ``first, first + step, ...`` of ``(p, j)`` in row-major order.
 
     Runs without the GIL so that threads can share the sinks of one graph.
@@ -313,7 +348,7 @@ def _solve_sinks(capacities, order, sorted_caps, rank, sources, first, step, out
         sink = task - position * n
         source = sources[position]
         upper = min(upper_source[source], upper_sink[sink])
-        out[position, sink] = _max_flow_to_sink(num_layers, n, source, sink, into_sink[sink], order, sorted_caps, rank,
+        out[position, sink] = _max_flow_to_sink(num_layers, n, source, sink, into_sink[sink], order, sorted_caps, num_arcs, rank,
                                                 upper, flow, sink_flow, level, arc_of, path_layer, path_node, path_arc,
                                                 path_residual, queue, touched, recorded)
 
@@ -334,17 +369,17 @@ def fast_max_flows_many(capacities: np.ndarray, sources: Sequence[int], threads:
     capacities = np.ascontiguousarray(capacities, dtype=np.float64)
     sources = np.asarray(sources, dtype=np.int64)
     n = capacities.shape[-1]
-    order, sorted_caps, rank = _sort_arcs(capacities)
+    order, sorted_caps, num_arcs, rank = _sort_arcs(capacities)
     out = np.zeros((len(sources), n))
     if threads is None:  # threads pay only when the work outweighs starting them (~1 ms)
         work = len(sources) * n * capacities.size
         threads = numba.get_num_threads() if work >= THREADS_MIN_WORK else 1
     threads = max(1, min(threads, len(sources) * n))
     if threads == 1:
-        _solve_sinks(capacities, order, sorted_caps, rank, sources, 0, 1, out)
+        _solve_sinks(capacities, order, sorted_caps, num_arcs, rank, sources, 0, 1, out)
         return out
     with ThreadPoolExecutor(threads) as pool:
-        jobs = [pool.submit(_solve_sinks, capacities, order, sorted_caps, rank, sources, t, threads, out) for t in range(threads)]
+        jobs = [pool.submit(_solve_sinks, capacities, order, sorted_caps, num_arcs, rank, sources, t, threads, out) for t in range(threads)]
         for job in jobs:
             job.result()
     return out
