@@ -63,6 +63,15 @@ def test_study_matches_brute_force(checkpoint):
                 np.testing.assert_allclose(result.correlations["blank_out"][name][k, column], rho, atol=1e-5)
 
 
+def test_study_rejects_bad_input(checkpoint):
+    model, _ = load_checkpoint(checkpoint)
+    examples = generate_splits(5, **SIZES).test[:2]
+    with pytest.raises(ValueError, match="within 1..3"):
+        run_study(model, examples, layers=[0, 1], progress=False)
+    with pytest.raises(ValueError, match="at least one example"):
+        run_study(model, [], progress=False)
+
+
 def test_reproduce_end_to_end(checkpoint, tmp_path, capsys):
     out = tmp_path / "report"
     code = main(["reproduce", "--checkpoint", str(checkpoint), "--examples", "6", "--out", str(out), "--seed", "1"])

@@ -115,12 +115,19 @@ def run_study(
 
     Returns:
         :class:`StudyResult`.
+
+    Raises:
+        ValueError: no examples, or a layer outside ``1..model.config.layers``.
     """
     from tqdm.auto import tqdm
 
+    if not examples:
+        raise ValueError("run_study needs at least one example.")
     model.eval()
     num_layers = model.config.layers
     layers = list(range(1, num_layers + 1)) if layers is None else list(layers)
+    if not layers or any(not 1 <= layer <= num_layers for layer in layers):
+        raise ValueError(f"layers must be 1-based layers within 1..{num_layers}; got {layers}.")
     index = [layer - 1 for layer in layers]
     blank_id = vocabulary().index(UNK)
     ids = encode(examples)
