@@ -4,7 +4,8 @@ Loads the agreement classifier shipped with the package (6 GPT-2 blocks without 
 heads, hidden 128; trained on generated agreement data, see ``captum_attnflow.agreement.data``)
 — or retrains it with ``--retrain`` — then, for N test examples, correlates the [CLS] row of raw
 attention, attention rollout and attention flow at every layer with blank-out importance
-(Table 1) and with input gradients (Table 2), prints both tables next to the paper's numbers,
+(Table 1) and with input gradients (Table 2: the paper's |sum_d g_d|, which is rounding noise on
+this LayerNorm model, and Table 2b: the L2 norm), prints the tables next to the paper's numbers,
 and writes a report (Markdown + HTML), CSV/JSON tables and figures to --out.
 """
 
@@ -39,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="attnflow-output/reproduce", metavar="DIR",
                         help="output folder for report, tables and figures (default ./attnflow-output/reproduce)")
     parser.add_argument("--retrain", action="store_true",
-                        help="train the model again (about 4-5 min on one CPU core) instead of "
+                        help="train the model again (one epoch, about 2-3 min on one CPU core) instead of "
                              "loading the shipped checkpoint; saved to --checkpoint or DIR/checkpoint.pt")
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help="checkpoint to load (default: the one shipped in the package), or, with "
@@ -49,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-solver", default="auto", metavar="NAME",
                         help="max-flow solver for attention flow: 'auto' (fastest exact) or a name in "
                              "captum_attnflow.maxflow.SOLVERS")
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="processes computing attention flow (default 1)")
 
 
