@@ -3,8 +3,9 @@
 Every method gives, for each example, a float array ``(layers, n)``: one row per layer for the
 attention methods (raw attention, rollout and flow of the traced query at layers ``1..L``) and a
 single row for the other attributions (:class:`CaptumMethod`, any ``captum.attr`` class).
-Attention flow is the expensive one, so it is not computed here but shipped to an executor as
-one small numpy graph per example (:func:`flow_task`); the model never leaves the main process.
+Attention flow is the solver-bound one, so it is not computed with the batch but as one task
+per example that needs only a small numpy graph (:func:`flow_task`): shipped to an executor, or
+run in the worker that evaluates the whole batch (see :mod:`captum_attnflow.evaluation.runner`).
 
 Built-in names (:data:`METHODS`): ``raw``, ``rollout``, ``flow``, ``saliency`` (gradient L2
 norm), ``ixg`` (InputXGradient), ``ig`` (IntegratedGradients, 32 steps, zero baseline),
