@@ -143,3 +143,24 @@ def test_reproduce_bad_out_and_checkpoint(checkpoint, tmp_path, capsys):
         main(["reproduce", "--no-such-flag"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_report_helpers_follow_the_numbers():
+    from captum_attnflow.agreement.report import comparison_notes, html_report, markdown_table
+
+    layers = [1, 2, 3, 4]
+    entry = lambda means: {"mean": means, "std": [0.1] * 4, "count": [5] * 4, "undefined": [0] * 4}  # noqa: E731
+    table = {"raw": entry([0.5, 0.1, 0.3, 0.2]), "rollout": entry([0.4, 0.5, 0.2, 0.6]),
+             "flow": entry([0.4, 0.6, 0.7, 0.1])}
+    tables = {ref: table for ref in ("blank_out", "gradient", "gradient_l2")}
+    notes = comparison_notes(tables, layers, {"median_ratio": 1e-7, "mean_rho": 0.5})
+    assert notes[0].startswith("Table 1: in the 2 studied layers from L3 up, rollout beats raw attention in 1, "
+                               "flow in 1 (paper: in all); flow ≥ rollout in 1. Deepest layer L4: raw 0.20, "
+                               "rollout 0.60, flow 0.10")
+    assert "1.0e-07" in notes[-1]
+    markdown = markdown_table(tables, "blank_out", layers)
+    assert markdown.splitlines()[2] == "| **Raw** (this run) | 0.50±0.10 | 0.10±0.10 | 0.30±0.10 | 0.20±0.10 |"
+    assert markdown.splitlines()[3] == "| Raw (paper) | 0.69±0.27 | 0.10±0.43 | -0.11±0.49 | -0.09±0.52 |"
+    page = html_report("# T\n\n- a\n- b\n\n" + markdown + "\n\n![f](f.png)")
+    assert page.count("<ul>") == 1 and page.count("</ul>") == 1 and page.count("<tr>") == 7  # header + 3 methods × (ours, paper)
+    assert "<table" in page and page.index("</table>") < page.index("<img")

@@ -124,32 +124,41 @@ def markdown_report(
 
 def html_report(markdown: str) -> str:
     """A minimal HTML rendering of :func:`markdown_report`'s output (headings, lists, tables, images)."""
-    body, in_table = [], False
+    body: list[str] = []
+    open_block = ""  # "</table>" or "</ul>" while a table or list is open
+
+    def enter(block: str, opening: str) -> None:
+        nonlocal open_block
+        if open_block != block:
+            if open_block:
+                body.append(open_block)
+            body.append(opening)
+            open_block = block
+
     for line in markdown.splitlines():
         if line.startswith("|"):
-            cells = [html.escape(c.strip()).replace("**", "") for c in line.strip("|").split("|")]
             if set(line) <= {"|", "-"}:
                 continue
-            if not in_table:
-                body.append("<table border='1' cellpadding='3' style='border-collapse:collapse'>")
-                in_table = True
+            enter("</table>", "<table border='1' cellpadding='3' style='border-collapse:collapse'>")
+            cells = [html.escape(c.strip()).replace("**", "") for c in line.strip("|").split("|")]
             body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-        elif line.startswith("!["):
-            alt, _, src = line[2:].partition("](")
-            body.append(f"<img alt='{html.escape(alt)}' src='{html.escape(src.rstrip(')'))}' style='max-width:100%'>")
         elif line.startswith("- "):
+            enter("</ul>", "<ul>")
             body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        body.append("</table>")
+        else:
+            if open_block:
+                body.append(open_block)
+                open_block = ""
+            if line.startswith("#"):
+                level = len(line) - len(line.lstrip("#"))
+                body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+            elif line.startswith("!["):
+                alt, _, src = line[2:].partition("](")
+                body.append(f"<img alt='{html.escape(alt)}' src='{html.escape(src.rstrip(')'))}' style='max-width:100%'>")
+            elif line.strip():
+                body.append(f"<p>{html.escape(line)}</p>")
+    if open_block:
+        body.append(open_block)
     return "<!doctype html><meta charset='utf-8'><title>Attention flow reproduction</title>\n" + "\n".join(body)
 
 
