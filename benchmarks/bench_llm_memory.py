@@ -99,7 +99,7 @@ def time_flow(lengths: list[int]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", default="1024,4096", help="comma-separated prompt lengths (default 1024,4096)")
+    parser.add_argument("--lengths", default="1024,4096", help="comma-separated prompt lengths for the memory table (default 1024,4096; '' to skip)")
     parser.add_argument("--flow-lengths", default="32,128,256", help="prompt lengths for the flow timing ('' to skip)")
     parser.add_argument("--child", nargs=2, metavar=("LENGTH", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -107,13 +107,14 @@ def main() -> None:
         print(json.dumps(measure(int(args.child[0]), args.child[1])))
         return
     rows = []
-    for length in [int(value) for value in args.lengths.split(",")]:
+    for length in [int(value) for value in args.lengths.split(",") if value]:
         for mode in MODES:
             output = subprocess.run([sys.executable, __file__, "--child", str(length), mode],
                                     capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]))
-    print("| tokens | what | time (s) | peak RSS (MiB) | over forward (MiB) | recorded, fused (MiB) | recorded, all heads (MiB) |")
-    print("|---|---|---|---|---|---|---|")
+    if rows:
+        print("| tokens | what | time (s) | peak RSS (MiB) | over forward (MiB) | recorded, fused (MiB) | recorded, all heads (MiB) |")
+        print("|---|---|---|---|---|---|---|")
     baseline = {row["length"]: row["peak_mib"] for row in rows if row["mode"] == "forward"}
     for row in rows:
         n, layers, heads = row["length"], row["layers"], row["heads"]
