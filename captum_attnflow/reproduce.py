@@ -241,6 +241,13 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        import matplotlib  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        print(f"captum-attnflow reproduce: error: {error.name} is missing; install the extras with "
+              f"pip install 'captum-attnflow[transformers,plot]'", file=sys.stderr)
+        return 2
     from captum_attnflow.agreement.model import CheckpointError
 
     try:

@@ -87,9 +87,14 @@ def train_model(
     Returns:
         ``(model, history)``: the model in eval mode with the weights of the best validation
         epoch, and one record per epoch ``{"epoch", "loss", "valid_accuracy"}``.
+
+    Raises:
+        ValueError: ``training.epochs`` or ``training.batch_size`` below 1.
     """
     from tqdm.auto import tqdm
 
+    if training.epochs < 1 or training.batch_size < 1:
+        raise ValueError(f"training needs epochs >= 1 and batch_size >= 1; got {training}.")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
