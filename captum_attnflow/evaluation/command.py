@@ -18,8 +18,9 @@ Models and data:
                               FILE.csv (column "text", optional column "label": index or name)
 
 Whole batches (model passes, flow, metrics) run in --workers N local processes, each loading
-the model once (default: in-process), or on a Dask cluster (--dask ADDRESS). An interrupted run continues with --resume; examples lost with a dead worker
-are listed and rerun by --resume (exit status 3 while any are lost).
+the model once (default: in-process), or on a Dask cluster (--dask ADDRESS). An interrupted run
+continues with --resume; examples lost with a dead worker are listed and rerun by --resume
+(exit status 3 while any are lost).
 
 Example:
   captum-attnflow evaluate --model agreement --data agreement --examples 200 \\
