@@ -13,11 +13,9 @@ The work is split into *groups*: one graph (an example, or an example and head f
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Iterable, Sequence
 
-import numba
 import numpy as np
 import torch
 
@@ -97,19 +95,18 @@ def _solve_group(graphs: np.ndarray, live: np.ndarray | None, group: Group, meth
     return flow_rows(graphs[index, : layer + 1], positions, example_live, method, threads)
 
 
+#: Per-process state of a pool worker (set by ``_init_worker``).
 _SHARED: dict = {}
 
 
 def _init_worker(graphs: np.ndarray, live: np.ndarray | None, method: str) -> None:
-    """Process-pool initialiser: keep the graphs, use one thread (BLAS and numba) per worker."""
-    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[variable] = "1"
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
+    """Process-pool initialiser: keep the graphs in the worker (sent once, not once per group)."""
     _SHARED.update(graphs=graphs, live=live, method=method)
 
 
 def _solve_group_in_worker(group: Group) -> np.ndarray:
+    """One group in a worker process, on one thread: the workers already share the cores (the
+    solvers use no BLAS)."""
     return _solve_group(_SHARED["graphs"], _SHARED["live"], group, _SHARED["method"], 1)
 
 

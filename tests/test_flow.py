@@ -171,7 +171,8 @@ def test_flow_matches_networkx_on_real_attention(real_attention, real_expected, 
 def test_real_attention_min_cut_is_not_the_trivial_cut(real_attention):
     """The fixture is a hard case: for most sinks the flow is far below ``min(1, colsum Â_1)``."""
     attention, mask = real_attention
-    capacities = build_capacities(attention[0], None, True)
+    assert mask[1].all(), "example 1 is the unpadded sentence"
+    capacities = build_capacities(attention[1], None, True)
     values = reference_values(capacities, 0)
     trivial = np.minimum(1.0, capacities[0].sum(axis=0))
     assert np.mean(values < trivial - 0.05) > 0.5
