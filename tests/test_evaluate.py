@@ -20,7 +20,7 @@ import torch
 from scipy import stats
 
 from captum_attnflow import attention_flow, raw_attention, rollout
-from captum_attnflow.evaluation import CaptumMethod, HFClassifier, ResultTable, SerialExecutor, evaluate
+from captum_attnflow.evaluation import CaptumMethod, HFClassifier, ResultTable, SerialExecutor, evaluate, read_examples
 from captum_attnflow.evaluation.data import as_example, fit_length, iterate_examples, pad_batch
 from captum_attnflow.evaluation.faithfulness import (
     aopc, bootstrap_interval, check_fractions, perturbed_inputs, top_k_counts,
@@ -329,7 +329,9 @@ def test_resume_after_a_cut_short_file(classifier, serial, tmp_path):
     shutil.copy(full / "config.json", partial / "config.json")
     (partial / "examples.jsonl").write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2])
     resumed = evaluate(classifier, make_data(10), "raw,rollout,flow,ig,occlusion", out=partial, resume=True, **SETTINGS)
-    assert_same_records(serial.examples, resumed.examples)
+    assert "scores" not in resumed.examples[0]  # kept on disk only
+    assert [e["metrics"] for e in resumed.examples] == [e["metrics"] for e in read_examples(partial)]
+    assert_same_records(serial.examples, read_examples(partial))
     assert len((partial / "examples.jsonl").read_text().splitlines()) == 10
     with pytest.raises(ValueError, match="already holds results.*resume"):
         evaluate(classifier, make_data(10), "raw,rollout,flow,ig,occlusion", out=partial, **SETTINGS)
@@ -341,6 +343,10 @@ def test_store_rejects_corruption_before_the_last_line(tmp_path):
     (tmp_path / "examples.jsonl").write_text('{"index": 0, "status": "ok"}\nnot json\n{"index": 1, "status": "ok"}\n')
     with pytest.raises(ValueError, match="line 2 is corrupt"):
         ResultStore(tmp_path, {}, resume=True)
+    with pytest.raises(ValueError, match="line 2 is corrupt"):
+        read_examples(tmp_path)
+    with pytest.raises(ValueError, match="holds no examples.jsonl"):
+        read_examples(tmp_path / "nowhere")
     (tmp_path / "f").write_text("")
     with pytest.raises(ValueError, match="is a file"):
         ResultStore(tmp_path / "f", {})
@@ -379,7 +385,7 @@ def test_cli_resumes_a_killed_run(hf_model_dir, tmp_path):
     assert 3 <= done_before < 40, "the run was not interrupted mid-way"
     assert main(command[3:] + ["--resume"]) == 0
     records = [json.loads(line) for line in stream.read_text().splitlines()]
-    assert sorted(r["index"] for r in records) == list(range(40))
+    assert sorted(r["index"] for r in records) == list(range(40))  # each example exactly once
     summary = json.loads((out / "results.json").read_text())
     assert summary["finished"] == 40 and summary["lost"] == []
     assert (out / "results.csv").read_text().startswith("method,layer,metric,mean")
@@ -388,8 +394,7 @@ def test_cli_resumes_a_killed_run(hf_model_dir, tmp_path):
     texts = (hf_model_dir / "data.txt").read_text().splitlines()
     reference = evaluate(HFClassifier(tiny_bert()), [tokenizer(t)["input_ids"] for t in texts], "raw,flow",
                          **{**SETTINGS, "resamples": 50})
-    resumed = sorted((r for r in records if r["status"] == "ok"), key=lambda r: r["index"])
-    assert_same_records(reference.examples, resumed)
+    assert_same_records(reference.examples, read_examples(out))
 
 
 def test_cli_reports_bad_input(hf_model_dir, tmp_path, capsys):
@@ -435,7 +440,7 @@ def test_dead_worker_loses_examples_that_resume_completes(classifier, serial, tm
     assert sorted(list(broken.lost) + [e["index"] for e in broken.examples]) == list(range(10))
     resumed = evaluate(classifier, data, "raw,rollout,flow,ig,occlusion", out=tmp_path, resume=True, **SETTINGS)
     assert resumed.lost == {} and resumed.errors == {}
-    assert_same_records(serial.examples, resumed.examples)
+    assert_same_records(serial.examples, read_examples(tmp_path))
 
 
 class LosingExecutor(SerialExecutor):
@@ -461,7 +466,7 @@ def test_lost_batch_of_a_model_factory_is_resumed(serial, tmp_path):
     resumed = evaluate(factory_classifier, data, "raw,rollout,flow,ig,occlusion", batch_size=4,
                        out=tmp_path, resume=True, **SETTINGS)
     assert resumed.lost == {}
-    assert_same_records(serial.examples, resumed.examples)
+    assert_same_records(serial.examples, read_examples(tmp_path))
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ results to disk so that an interrupted run resumes.
 
 from captum_attnflow.evaluation.methods import METHODS, AttentionMethod, CaptumMethod, FlowMethod
 from captum_attnflow.evaluation.models import Classifier, HFClassifier
-from captum_attnflow.evaluation.results import ResultTable
+from captum_attnflow.evaluation.results import ResultTable, read_examples
 from captum_attnflow.evaluation.runner import Evaluation, SerialExecutor, evaluate, process_pool
 
 __all__ = [
     "METHODS", "AttentionMethod", "CaptumMethod", "Classifier", "Evaluation", "FlowMethod",
-    "HFClassifier", "ResultTable", "SerialExecutor", "evaluate", "process_pool",
+    "HFClassifier", "ResultTable", "SerialExecutor", "evaluate", "process_pool", "read_examples",
 ]

@@ -51,8 +51,46 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _in_memory(record: dict[str, Any]) -> dict[str, Any]:
+    """What a store with a directory keeps in memory: the record without its per-token scores
+    (they stay on disk; thousands of long examples would not fit)."""
+    return {key: value for key, value in record.items() if key != "scores"}
+
+
+def _read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Parse ``examples.jsonl``: ``(records, bytes of complete lines)``; a last line cut short by
+    a kill is left out; a corrupt line before it raises ``ValueError``."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    records, keep = [], 0
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise ValueError(f"{path} line {number} is corrupt (not JSON); fix or delete it.") from None
+                break
+        keep += len(line)
+    return records, keep
+
+
+def read_examples(directory: str | Path) -> list[dict[str, Any]]:
+    """The ``ok`` example records of a run's directory, with their per-token ``scores``, by index.
+
+    (:attr:`Evaluation.examples` leaves the scores out when the run streams to a directory.)
+    """
+    path = Path(directory) / EXAMPLES_FILE
+    if not path.is_file():
+        raise ValueError(f"{directory} holds no {EXAMPLES_FILE}; pass the out directory of an evaluation.")
+    latest = {int(r["index"]): r for r in _read_records(path)[0]}
+    return [latest[i] for i in sorted(latest) if latest[i]["status"] == "ok"]
+
+
 class ResultStore:
     """Per-example results, kept in memory and, with a directory, streamed to ``examples.jsonl``.
+
+    With a directory, the in-memory copy leaves out the per-token scores
+    (:func:`read_examples` reads them back).
 
     Args:
         directory: output folder (created), or ``None`` to keep results in memory only.
@@ -97,22 +135,13 @@ class ResultStore:
             )
 
     def _load(self, path: Path) -> None:
-        data = path.read_bytes()
-        lines = data.splitlines(keepends=True)
-        keep = 0  # bytes of complete, valid lines
-        for number, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    if number < len(lines):
-                        raise ValueError(f"{path} line {number} is corrupt (not JSON); fix or delete it.") from None
-                    break  # the line a kill cut short
-                self.records[int(record["index"])] = record
-            keep += len(line)
-        with path.open("r+b") as handle:
+        records, keep = _read_records(path)
+        for record in records:
+            self.records[int(record["index"])] = _in_memory(record)
+        data_ends_with_newline = path.read_bytes()[:keep].endswith(b"\n")
+        with path.open("r+b") as handle:  # drop the line a kill cut short
             handle.truncate(keep)
-            if keep and not data[:keep].endswith(b"\n"):
+            if keep and not data_ends_with_newline:
                 handle.seek(keep)
                 handle.write(b"\n")
 
@@ -123,7 +152,7 @@ class ResultStore:
     def write(self, record: Mapping[str, Any]) -> None:
         """Keep ``record`` (the latest record of an index wins) and append it to the stream."""
         record = json_safe(dict(record))
-        self.records[int(record["index"])] = record
+        self.records[int(record["index"])] = record if self.directory is None else _in_memory(record)
         if self.directory is not None:
             self._stream.write(json.dumps(record, sort_keys=True) + "\n")
             self._stream.flush()

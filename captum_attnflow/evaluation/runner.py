@@ -96,8 +96,9 @@ class Evaluation:
     Attributes:
         table: the summary :class:`ResultTable` over every ``ok`` example (this run and resumed ones).
         examples: the ``ok`` per-example records, by index: ``tokens``, ``target``,
-            ``probability``, ``scores[method]`` (rows × tokens; also ``blank_out`` and
-            ``gradient``) and ``metrics[method][metric]`` (one value per row).
+            ``probability``, ``metrics[method][metric]`` (one value per row) and — unless the run
+            streamed to ``out``, where :func:`~captum_attnflow.evaluation.results.read_examples`
+            reads them — ``scores[method]`` (rows × tokens; also ``blank_out`` and ``gradient``).
         errors: index -> message for examples that failed.
         lost: index -> message for examples whose task was lost in the executor (a dead
             worker); resume to run them.
