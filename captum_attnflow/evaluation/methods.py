@@ -218,7 +218,7 @@ class CaptumMethod(BatchMethod):
             with torch.no_grad():
                 return method.attribute(batch.input_ids, **common, **{**options, **self.attribute_kwargs})
         method = self.attribution(classifier.probabilities_from_embeddings)
-        embeddings = classifier.embed(batch.input_ids).detach()
+        embeddings = classifier.embed(batch.input_ids).detach().requires_grad_()
         return method.attribute(embeddings, **common, **self.attribute_kwargs)
 
     def scores(self, batch, classifier, *, position, head_fusion, residual):
