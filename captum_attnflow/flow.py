@@ -125,7 +125,10 @@ def _solve(graphs: np.ndarray, live: np.ndarray | None, groups: list[Group], met
                 if bar is not None:
                     bar.update(len(group[2]))
         else:
-            with ProcessPoolExecutor(min(workers, len(groups)), initializer=_init_worker, initargs=(graphs, live, method)) as pool:
+            pool = ProcessPoolExecutor(
+                min(workers, len(groups)), initializer=_init_worker, initargs=(graphs, live, method)
+            )
+            with pool:
                 for group, rows in zip(groups, pool.map(_solve_group_in_worker, groups)):
                     results.append(rows)
                     if bar is not None:

@@ -348,7 +348,8 @@ def _solve_sinks(capacities, order, sorted_caps, num_arcs, rank, sources, first,
         sink = task - position * n
         source = sources[position]
         upper = min(upper_source[source], upper_sink[sink])
-        out[position, sink] = _max_flow_to_sink(num_layers, n, source, sink, into_sink[sink], order, sorted_caps, num_arcs, rank,
+        out[position, sink] = _max_flow_to_sink(num_layers, n, source, sink, into_sink[sink], order, sorted_caps,
+                                                num_arcs, rank,
                                                 upper, flow, sink_flow, level, arc_of, path_layer, path_node, path_arc,
                                                 path_residual, queue, touched, recorded)
 
@@ -379,7 +380,10 @@ def fast_max_flows_many(capacities: np.ndarray, sources: Sequence[int], threads:
         _solve_sinks(capacities, order, sorted_caps, num_arcs, rank, sources, 0, 1, out)
         return out
     with ThreadPoolExecutor(threads) as pool:
-        jobs = [pool.submit(_solve_sinks, capacities, order, sorted_caps, num_arcs, rank, sources, t, threads, out) for t in range(threads)]
+        jobs = [
+            pool.submit(_solve_sinks, capacities, order, sorted_caps, num_arcs, rank, sources, first, threads, out)
+            for first in range(threads)
+        ]
         for job in jobs:
             job.result()
     return out

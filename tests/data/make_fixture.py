@@ -20,7 +20,8 @@ import torch
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog near the river bank.",
-    "Although the committee had rejected every earlier proposal, the final plan, drafted in a single night by two junior engineers, was approved unanimously.",
+    "Although the committee had rejected every earlier proposal, the final plan, drafted in a single "
+    "night by two junior engineers, was approved unanimously.",
     "It rained.",
 ]
 
