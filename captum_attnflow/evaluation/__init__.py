@@ -10,7 +10,8 @@ results to disk so that an interrupted run resumes.
 from captum_attnflow.evaluation.methods import METHODS, AttentionMethod, CaptumMethod, FlowMethod
 from captum_attnflow.evaluation.models import Classifier, HFClassifier
 from captum_attnflow.evaluation.results import ResultTable, read_examples
-from captum_attnflow.evaluation.runner import Evaluation, SerialExecutor, evaluate, process_pool
+from captum_attnflow.evaluation.executors import SerialExecutor, process_pool
+from captum_attnflow.evaluation.runner import Evaluation, evaluate
 
 __all__ = [
     "METHODS", "AttentionMethod", "CaptumMethod", "Classifier", "Evaluation", "FlowMethod",

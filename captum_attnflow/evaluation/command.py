@@ -174,7 +174,7 @@ def _executor(args):
     if args.workers < 0:
         raise ValueError(f"--workers must be 0 (in-process) or a positive number of processes; got {args.workers}.")
     if args.workers:
-        from captum_attnflow.evaluation.runner import process_pool
+        from captum_attnflow.evaluation.executors import process_pool
 
         pool = process_pool(args.workers)
         return pool, pool.shutdown

@@ -5,7 +5,7 @@ attention methods (raw attention, rollout and flow of the traced query at layers
 single row for the other attributions (:class:`CaptumMethod`, any ``captum.attr`` class).
 Attention flow is the solver-bound one, so it is not computed with the batch but as one task
 per example that needs only a small numpy graph (:func:`flow_task`): shipped to an executor, or
-run in the worker that evaluates the whole batch (see :mod:`captum_attnflow.evaluation.runner`).
+run in the worker that evaluates the whole batch (see :mod:`captum_attnflow.evaluation.pipeline`).
 
 Built-in names (:data:`METHODS`): ``raw``, ``rollout``, ``flow``, ``saliency`` (gradient L2
 norm), ``ixg`` (InputXGradient), ``ig`` (IntegratedGradients, 32 steps, zero baseline),

@@ -1,0 +1,264 @@
+"""The work on one batch of examples (used by :func:`captum_attnflow.evaluation.evaluate`).
+
+:class:`BatchRun` runs the model stage on a padded batch (forward pass with attention, the
+blank-out and gradient references from :mod:`captum_attnflow.metrics`, raw attention, rollout and
+the Captum methods), submits one flow task per example to an executor, and — when an example's
+flow arrives — computes AOPC (one forward pass over the example's deduplicated perturbed inputs)
+and Spearman's ρ against both references, and writes the example's record. Failures become
+records: ``error`` for a bad example, ``lost`` when the executor lost its task.
+
+:func:`batch_task` does all of this inside a worker that builds the model once from a factory.
+"""
+
+from __future__ import annotations
+
+import pickle
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from captum_attnflow.evaluation.data import Example, fit_length, pad_batch
+from captum_attnflow.evaluation.executors import SerialExecutor
+from captum_attnflow.evaluation.faithfulness import aopc, perturbed_inputs
+from captum_attnflow.evaluation.methods import (
+    Batch, BatchMethod, EvaluationMethod, FlowMethod, Position, flow_task, resolve_position,
+)
+from captum_attnflow.evaluation.models import Classifier
+from captum_attnflow.evaluation.results import ResultStore, json_safe
+from captum_attnflow.metrics import blank_out_scores, input_gradient_scores, spearman
+
+REFERENCES: tuple[str, ...] = ("blank_out", "gradient")
+
+
+@dataclass
+class _Pending:
+    """An example between the model stage and its record."""
+
+    example: Example
+    truncated: bool
+    target: int
+    prediction: int
+    probability: float
+    scores: dict[str, np.ndarray]
+    references: dict[str, np.ndarray]
+    graph: np.ndarray | None = None
+    flow: Future | None = None
+
+
+class BatchRun:
+    """The per-batch work of one evaluation, with its settings (see the module docstring)."""
+
+    def __init__(self, classifier: Classifier, methods: list[EvaluationMethod], store: ResultStore | Collector, *,
+                 executor: Executor, position: Position, head_fusion: str, residual: bool,
+                 gradient_reduction: str, fractions: tuple[float, ...], deletion: str,
+                 protected: tuple[int, ...], truncation: str, max_length: int | None,
+                 aopc_batch_size: int, progress) -> None:
+        self.classifier, self.methods, self.store, self.executor = classifier, methods, store, executor
+        self.position, self.head_fusion, self.residual = position, head_fusion, residual
+        self.gradient_reduction, self.fractions, self.deletion = gradient_reduction, fractions, deletion
+        self.protected, self.truncation, self.max_length = protected, truncation, max_length
+        self.aopc_batch_size, self.progress = aopc_batch_size, progress
+        self.flow = next((m for m in methods if isinstance(m, FlowMethod)), None)
+        self.broken: str | None = None  # the executor refused work: the rest is lost
+
+    # -- records ---------------------------------------------------------------------------
+    def _record(self, index: int, status: str, **fields: Any) -> None:
+        self.store.write({"index": index, "status": status, **fields})
+        self.progress.update(1)
+
+    def _fail(self, example: Example, error: BaseException) -> None:
+        self._record(example.index, "error", error=f"{type(error).__name__}: {error}")
+
+    # -- model stage -----------------------------------------------------------------------
+    def validate(self, examples: Sequence[Example]) -> list[tuple[Example, bool]]:
+        """Length checks; returns ``(example, truncated)`` to run. Failures become records."""
+        if self.broken:
+            self.lose(examples, self.broken)
+            return []
+        runnable: list[tuple[Example, bool]] = []
+        for example in examples:
+            try:
+                runnable.append(fit_length(example, self.max_length, self.truncation))
+            except ValueError as error:
+                self._fail(example, error)
+        return runnable
+
+    def lose(self, examples: Iterable[Example], message: str) -> None:
+        """Record ``examples`` as lost (an executor failure); resuming runs them."""
+        for example in examples:
+            self._record(example.index, "lost", error=message)
+
+    def start(self, runnable: Sequence[tuple[Example, bool]]) -> list[_Pending]:
+        """Run the model stage on a batch and submit its flow tasks; failures become records."""
+        if not runnable:
+            return []
+        try:
+            pending = self._model_stage(runnable)
+        except Exception:  # noqa: BLE001 - isolate the failing example(s) by running each alone
+            pending = []
+            for item in runnable:
+                try:
+                    pending.extend(self._model_stage([item]))
+                except Exception as error:  # noqa: BLE001 - recorded with the example
+                    self._fail(item[0], error)
+        if self.flow is not None:
+            self._submit_flow(pending)
+        return pending
+
+    def _model_stage(self, items: Sequence[tuple[Example, bool]]) -> list[_Pending]:
+        examples = [example for example, _ in items]
+        input_ids, mask = pad_batch([e.input_ids for e in examples], self.classifier.pad_id)
+        lengths = [len(e.input_ids) for e in examples]
+        for example in examples:
+            resolve_position(self.position, len(example.input_ids))
+        with torch.no_grad():
+            probabilities = self.classifier.probabilities(input_ids, mask)
+            attentions = tuple(self.classifier.attentions(input_ids, mask))
+        predictions = probabilities.argmax(-1)
+        classes = probabilities.shape[-1]
+        for example in examples:
+            if example.label is not None and not 0 <= example.label < classes:
+                raise ValueError(f"example {example.index} has label {example.label}; the model has {classes} classes (0..{classes - 1}).")
+        targets = torch.tensor([e.label if e.label is not None else int(p) for e, p in zip(examples, predictions)])
+        batch = Batch(input_ids, mask, targets, lengths, attentions)
+        references = {
+            "blank_out": blank_out_scores(
+                self.classifier.probabilities, input_ids, target=targets, blank_id=self.classifier.blank_id,
+                additional_forward_args=(mask,), mask=mask, perturbations_per_eval=min(8, input_ids.shape[1]),
+            ),
+            "gradient": input_gradient_scores(
+                self.classifier.probabilities_from_embeddings, self.classifier.embed(input_ids).detach(),
+                target=targets, additional_forward_args=(mask,), reduction=self.gradient_reduction, mask=mask,
+            ),
+        }
+        references = {k: v.detach().to(torch.float64).numpy() for k, v in references.items()}
+        method_scores = {
+            m.name: m.scores(batch, self.classifier, position=self.position, head_fusion=self.head_fusion, residual=self.residual)
+            for m in self.methods if isinstance(m, BatchMethod)
+        }
+        graphs = self.flow.graphs(batch, self.head_fusion) if self.flow is not None else [None] * len(items)
+        chosen = probabilities.gather(1, targets[:, None])[:, 0]
+        return [
+            _Pending(
+                example=example, truncated=truncated, target=int(targets[b]), prediction=int(predictions[b]),
+                probability=float(chosen[b]), scores={name: scores[b] for name, scores in method_scores.items()},
+                references={name: values[b, : lengths[b]] for name, values in references.items()},
+                graph=graphs[b],
+            )
+            for b, (example, truncated) in enumerate(items)
+        ]
+
+    def _submit_flow(self, pending: list[_Pending]) -> None:
+        for item in pending:
+            try:
+                item.flow = self.executor.submit(flow_task, item.graph, self.position, self.residual, self.flow.solver)
+            except Exception as error:  # noqa: BLE001 - a shut-down or broken executor
+                self.broken = f"the executor refused the flow task: {type(error).__name__}: {error}"
+                item.flow = Future()
+                item.flow.set_exception(error)
+            item.graph = None
+
+    # -- finishing stage -------------------------------------------------------------------
+    def finish(self, pending: Iterable[_Pending]) -> None:
+        """Wait for flow, compute AOPC and Spearman, and write the records."""
+        for item in pending:
+            index = item.example.index
+            scores = dict(item.scores)
+            if item.flow is not None:
+                try:
+                    status, value = item.flow.result()
+                except Exception as error:  # noqa: BLE001 - the worker or the pool died
+                    self._record(index, "lost", error=f"flow task lost: {type(error).__name__}: {error}")
+                    continue
+                if status != "ok":
+                    self._record(index, "error", error=f"flow: {value}")
+                    continue
+                scores["flow"] = value
+            try:
+                metrics = self._metrics(item, scores)
+            except Exception as error:  # noqa: BLE001 - recorded with the example
+                self._fail(item.example, error)
+                continue
+            ordered = {m.name: scores[m.name] for m in self.methods}
+            self._record(
+                index, "ok", tokens=len(item.example.input_ids), truncated=item.truncated, label=item.example.label,
+                target=item.target, prediction=item.prediction, probability=item.probability,
+                scores={**ordered, **item.references}, metrics=metrics,
+            )
+
+    def _metrics(self, item: _Pending, scores: dict[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
+        ids = list(item.example.input_ids)
+        n = len(ids)
+        candidates = np.ones(n, dtype=bool)
+        for position in self.protected:
+            if -n <= position < n:
+                candidates[position] = False
+        curves = {}  # (method, row) -> (deleted inputs, kept inputs)
+        for name, rows in scores.items():
+            for row, values in enumerate(rows):
+                curves[name, row] = perturbed_inputs(ids, values, candidates, self.fractions, blank_id=self.classifier.blank_id, deletion=self.deletion)
+        unique = list(dict.fromkeys(tuple(s) for deleted, kept in curves.values() for s in deleted + kept))
+        probability = dict(zip(unique, self._probabilities(unique, item.target)))
+        metrics: dict[str, dict[str, list[float]]] = {}
+        for name, rows in scores.items():
+            metrics[name] = {
+                f"spearman_{ref}": spearman(rows, np.broadcast_to(item.references[ref], rows.shape)).tolist()
+                for ref in REFERENCES
+            }
+            deleted = [aopc(item.probability, [probability[tuple(s)] for s in curves[name, r][0]]) for r in range(len(rows))]
+            kept = [aopc(item.probability, [probability[tuple(s)] for s in curves[name, r][1]]) for r in range(len(rows))]
+            metrics[name]["aopc_comprehensiveness"] = deleted
+            metrics[name]["aopc_sufficiency"] = kept
+        return metrics
+
+    def _probabilities(self, sequences: list[tuple[int, ...]], target: int) -> list[float]:
+        """``p(target | sequence)`` for each (unpadded) sequence, in padded chunks."""
+        out: list[float] = []
+        for start in range(0, len(sequences), self.aopc_batch_size):
+            chunk = sequences[start : start + self.aopc_batch_size]
+            ids, mask = pad_batch(chunk, self.classifier.pad_id)
+            with torch.no_grad():
+                out.extend(self.classifier.probabilities(ids, mask)[:, target].tolist())
+        return out
+
+
+class Collector:
+    """Stands in for the store and the progress bar inside a worker: keeps the records."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(json_safe(record))
+
+    def update(self, count: int) -> None:
+        """Progress is shown by the main process."""
+
+
+_CLASSIFIERS: dict[bytes, Classifier] = {}
+
+
+def cached_classifier(factory: Callable[[], Classifier]) -> Classifier:
+    """``factory()``, built once per process (keyed by the pickled factory)."""
+    key = pickle.dumps(factory)
+    if key not in _CLASSIFIERS:
+        classifier = factory()
+        if not isinstance(classifier, Classifier):
+            raise TypeError(f"the model factory must return a Classifier (e.g. HFClassifier); got {type(classifier).__name__}.")
+        _CLASSIFIERS[key] = classifier
+    return _CLASSIFIERS[key]
+
+
+def batch_task(factory: Callable[[], Classifier], methods: list[EvaluationMethod], settings: dict[str, Any],
+               runnable: list[tuple[Example, bool]]) -> list[dict[str, Any]]:
+    """The whole evaluation of one batch, in a worker that loads the model once (``factory``).
+
+    Returns the batch's records (``ok`` or ``error``); flow is solved in the worker itself.
+    """
+    collector = Collector()
+    run = BatchRun(cached_classifier(factory), methods, collector, executor=SerialExecutor(), progress=collector, **settings)
+    run.finish(run.start(runnable))
+    return collector.records
