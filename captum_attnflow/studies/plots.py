@@ -103,15 +103,24 @@ def plot_referent_layers(
     return save_figure(figure, path, dpi=110)
 
 
-def plot_layer_curves(curves: Mapping[str, np.ndarray], path: str | Path, *, ylabel: str, title: str = "") -> Path:
-    """Several ``(L,)`` curves over layers in one panel (e.g. shares of sentences per layer)."""
+def plot_layer_curves(
+    groups: Mapping[str, Mapping[str, np.ndarray]], path: str | Path, *, ylabel: str, title: str = ""
+) -> Path:
+    """Per-layer curves of several methods and measures in one panel (e.g. shares of sentences).
+
+    Args:
+        groups: measure -> {method: ``(L,)`` values}; each measure gets its own line style, each
+            method its colour, the legend reads ``"method: measure"``.
+        path: the PNG to write.
+        ylabel: the y-axis label (the axis spans [0, 1]).
+        title: the figure title.
+    """
     figure = Figure(figsize=(6.4, 3.4), constrained_layout=True)
     axis = figure.subplots()
-    for label, values in curves.items():
-        values = np.asarray(values, dtype=float)
-        method = label.split()[0].rstrip(":")
-        style = "-" if ":" in label else "--"
-        axis.plot(np.arange(1, values.shape[0] + 1), values, style, color=COLORS.get(method), label=label)
+    for (measure, curves), style in zip(groups.items(), itertools.cycle(("-", "--", ":"))):
+        for method, values in curves.items():
+            values = np.asarray(values, dtype=float)
+            axis.plot(np.arange(1, values.shape[0] + 1), values, style, color=COLORS.get(method), label=f"{method}: {measure}")
     axis.axhline(0.5, color="black", linewidth=0.5)
     axis.set_xlabel("layer")
     axis.set_ylabel(ylabel)

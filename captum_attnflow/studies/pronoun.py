@@ -350,8 +350,8 @@ def run(args: argparse.Namespace) -> int:
             maps = {name: torch.as_tensor(paper.relevance[name][row][:, 1:]) for name in METHODS}
             save_figure(layer_heatmaps(maps, paper.tokens[row][1:], title=title), args.out / f"pronoun_layers{row + 1}.png")
         plot_layer_curves(
-            {**{f"{name}: agreeing > other": values for name, values in summary["agree_rate"].items()},
-             **{f"{name} > raw": values for name, values in summary["beats_raw"].items()}},
+            {"more weight on the agreeing referent": summary["agree_rate"],
+             "prefers it more than raw": summary["beats_raw"]},
             args.out / "pronoun_agreement.png", ylabel="share of sentences",
             title=f"{summary['sentences']} templated sentences, SmolLM2-135M",
         )
