@@ -534,3 +534,18 @@ def test_agreement_model_through_the_cli(tmp_path):
     alone = evaluate(classifier, data, "raw,rollout,flow,saliency", batch_size=1, **SETTINGS)
     assert_same_records(batched.examples, alone.examples)
 
+
+
+def test_csv_examples_take_label_indices_or_names(tmp_path):
+    from captum_attnflow.evaluation.command import _texts
+
+    path = tmp_path / "data.csv"
+    path.write_text('text,label\n"a, b",1\nc,\nd,positive\n')
+    assert _texts(path, {"negative": 0, "positive": 1}) == [("a, b", 1), ("c", None), ("d", 1)]
+    with pytest.raises(ValueError, match="line 4: unknown label 'positive'"):
+        _texts(path, {"neg": 0})
+    path.write_text("sentence\nx\n")
+    with pytest.raises(ValueError, match="'text' column"):
+        _texts(path, {})
+    with pytest.raises(ValueError, match=r"\.txt file"):
+        _texts(tmp_path / "data.json", {})

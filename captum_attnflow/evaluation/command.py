@@ -58,10 +58,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "Hugging Face model directory")
     parser.add_argument("--data", help="'agreement' (default with --model agreement) or a .txt/.csv file")
     parser.add_argument("--methods", default="raw,rollout,flow",
-                        help="comma-separated: raw,rollout,flow,saliency,ixg,ig,occlusion,ablation (default raw,rollout,flow)")
+                        help="comma-separated: raw,rollout,flow,saliency,ixg,ig,occlusion,ablation "
+                             "(default raw,rollout,flow)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--workers", type=int, default=0, help="local worker processes, each loading the model once (default 0: in-process)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="local worker processes, each loading the model once (default 0: in-process)")
     parser.add_argument("--dask", metavar="ADDRESS", help="run the batches on the Dask scheduler at ADDRESS instead")
     parser.add_argument("--examples", type=int, help="evaluate only the first N examples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
@@ -101,7 +103,9 @@ def _agreement(args):
     from captum_attnflow.agreement.model import load_checkpoint, shipped_checkpoint_path
 
     if args.data not in (None, "agreement"):
-        raise ValueError("the agreement model evaluates its own generated data; use --data agreement (or omit --data).")
+        raise ValueError(
+            "the agreement model evaluates its own generated data; use --data agreement (or omit --data)."
+        )
     path = None if args.model == "agreement" else args.model
     _, metadata = load_checkpoint(shipped_checkpoint_path() if path is None else path)  # checks it early
     # the test split of the data the checkpoint was trained with (never seen in training)
@@ -116,14 +120,23 @@ def _texts(path: Path, label2id: dict[str, int]) -> list[tuple[str, int | None]]
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or "text" not in reader.fieldnames:
-                raise ValueError(f"{path} needs a header with a 'text' column (and optionally 'label'); got {reader.fieldnames}.")
+                raise ValueError(
+                    f"{path} needs a header with a 'text' column (and optionally 'label'); got {reader.fieldnames}."
+                )
             rows = list(reader)
         out = []
         for number, row in enumerate(rows, 2):
             label = (row.get("label") or "").strip()
-            if label and not label.lstrip("-").isdigit() and label not in label2id:
-                raise ValueError(f"{path} line {number}: unknown label {label!r}; use a class index or one of {sorted(label2id)}.")
-            out.append((row["text"], None if not label else int(label) if label.lstrip("-").isdigit() else label2id[label]))
+            if label.lstrip("-").isdigit():
+                out.append((row["text"], int(label)))
+            elif not label:
+                out.append((row["text"], None))
+            elif label in label2id:
+                out.append((row["text"], label2id[label]))
+            else:
+                raise ValueError(
+                    f"{path} line {number}: unknown label {label!r}; use a class index or one of {sorted(label2id)}."
+                )
         return out
     if path.suffix.lower() == ".txt":
         return [(line.rstrip("\n"), None) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -159,7 +172,7 @@ def _huggingface(args):
     if args.examples is not None:
         texts = texts[: args.examples]
     # empty lines stay (recorded as failed) so that example numbers match the file's lines
-    data = [((tokenizer(text, truncation=False)["input_ids"] if text.strip() else []), label) for text, label in texts]
+    data = [(tokenizer(text, truncation=False)["input_ids"] if text.strip() else [], label) for text, label in texts]
     return functools.partial(load_huggingface, str(directory)), data
 
 
@@ -217,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
 
     (out / "results.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n", encoding="utf-8")
     print(result.table)
-    print(f"\n{len(result.examples)} examples evaluated, {len(result.errors)} failed, {len(result.lost)} lost; results in {out}")
+    print(f"\n{len(result.examples)} examples evaluated, {len(result.errors)} failed, {len(result.lost)} lost; "
+          f"results in {out}")
     for index, message in sorted(result.errors.items())[:10]:
         print(f"  example {index} failed: {message}")
     if result.lost:

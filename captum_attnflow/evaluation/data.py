@@ -40,7 +40,9 @@ class Example:
 def _ids(value: Any, where: str) -> tuple[int, ...]:
     if isinstance(value, torch.Tensor):
         if value.is_floating_point() or value.dim() != 1:
-            raise TypeError(f"{where}: input_ids must be a 1-D integer tensor; got {value.dtype} of shape {tuple(value.shape)}.")
+            raise TypeError(
+                f"{where}: input_ids must be a 1-D integer tensor; got {value.dtype} of shape {tuple(value.shape)}."
+            )
         return tuple(int(v) for v in value.tolist())
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise TypeError(

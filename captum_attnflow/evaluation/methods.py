@@ -70,7 +70,8 @@ class Batch:
 
     def fused(self, head_fusion: str) -> np.ndarray:
         """``(batch, L, n, n)`` float64 head-fused attention, padded rows/columns 0, live rows sum to 1."""
-        return raw_attention(self.attentions, head_fusion=head_fusion, mask=self.mask).detach().to(torch.float64).numpy()
+        fused = raw_attention(self.attentions, head_fusion=head_fusion, mask=self.mask)
+        return fused.detach().to(torch.float64).numpy()
 
 
 class EvaluationMethod:
@@ -89,7 +90,9 @@ class BatchMethod(EvaluationMethod, ABC):
     """A method computed in the main process on a whole padded batch."""
 
     @abstractmethod
-    def scores(self, batch: Batch, classifier, *, position: Position, head_fusion: str, residual: bool) -> list[np.ndarray]:
+    def scores(
+        self, batch: Batch, classifier, *, position: Position, head_fusion: str, residual: bool
+    ) -> list[np.ndarray]:
         """Per-example float64 scores ``(layers, n_b)`` (padding stripped) for the whole batch."""
 
 
@@ -193,7 +196,9 @@ class CaptumMethod(BatchMethod):
         from captum.attr import Attribution
 
         if not (isinstance(attribution, type) and issubclass(attribution, Attribution)):
-            raise TypeError(f"attribution must be a captum.attr Attribution class (e.g. Saliency); got {attribution!r}.")
+            raise TypeError(
+                f"attribution must be a captum.attr Attribution class (e.g. Saliency); got {attribution!r}."
+            )
         if reduction not in GRADIENT_REDUCTIONS:
             raise ValueError(f"unknown reduction {reduction!r}; choose one of {GRADIENT_REDUCTIONS}.")
         self.name = name
@@ -234,11 +239,11 @@ class CaptumMethod(BatchMethod):
         return [tokens[b, None, :n] for b, n in enumerate(batch.lengths)]
 
 
-def _captum(name: str, class_name: str, reduction: GradientReduction, **attribute_kwargs) -> Callable[[], CaptumMethod]:
+def _captum(name: str, class_name: str, reduction: GradientReduction, **kwargs) -> Callable[[], CaptumMethod]:
     def build() -> CaptumMethod:
         import captum.attr
 
-        return CaptumMethod(name, getattr(captum.attr, class_name), reduction=reduction, attribute_kwargs=attribute_kwargs)
+        return CaptumMethod(name, getattr(captum.attr, class_name), reduction=reduction, attribute_kwargs=kwargs)
 
     return build
 
@@ -256,7 +261,9 @@ METHODS: dict[str, Callable[[], EvaluationMethod]] = {
 }
 
 
-def resolve_methods(methods: str | Iterable[str | EvaluationMethod], *, flow_solver: str = "auto") -> list[EvaluationMethod]:
+def resolve_methods(
+    methods: str | Iterable[str | EvaluationMethod], *, flow_solver: str = "auto"
+) -> list[EvaluationMethod]:
     """Turn names (a list, or one comma-separated string) and method objects into methods.
 
     Raises:
@@ -268,10 +275,14 @@ def resolve_methods(methods: str | Iterable[str | EvaluationMethod], *, flow_sol
     for method in methods:
         if isinstance(method, str):
             if method not in METHODS:
-                raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)} (or pass a CaptumMethod).")
+                raise ValueError(
+                    f"unknown method {method!r}; valid methods: {', '.join(METHODS)} (or pass a CaptumMethod)."
+                )
             method = FlowMethod(flow_solver) if method == "flow" else METHODS[method]()
         elif not isinstance(method, EvaluationMethod):
-            raise TypeError(f"methods must be names or EvaluationMethod objects (e.g. CaptumMethod); got {type(method).__name__}.")
+            raise TypeError(
+                f"methods must be names or EvaluationMethod objects (e.g. CaptumMethod); got {type(method).__name__}."
+            )
         resolved.append(method)
     if not resolved:
         raise ValueError(f"no method given; choose from {', '.join(METHODS)}.")

@@ -36,7 +36,9 @@ class Classifier(ABC):
         """Class probabilities ``(batch, classes)`` from ``(batch, n)`` ids and ``(batch, n)`` mask."""
 
     @abstractmethod
-    def probabilities_from_embeddings(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def probabilities_from_embeddings(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Class probabilities ``(batch, classes)`` from ``(batch, n, d)`` input embeddings (differentiable)."""
 
     @abstractmethod

@@ -121,7 +121,10 @@ class BatchRun:
         classes = probabilities.shape[-1]
         for example in examples:
             if example.label is not None and not 0 <= example.label < classes:
-                raise ValueError(f"example {example.index} has label {example.label}; the model has {classes} classes (0..{classes - 1}).")
+                raise ValueError(
+                    f"example {example.index} has label {example.label}; the model has {classes} "
+                    f"classes (0..{classes - 1})."
+                )
         targets = torch.tensor([e.label if e.label is not None else int(p) for e, p in zip(examples, predictions)])
         batch = Batch(input_ids, mask, targets, lengths, attentions)
         references = {
@@ -136,7 +139,9 @@ class BatchRun:
         }
         references = {k: v.detach().to(torch.float64).numpy() for k, v in references.items()}
         method_scores = {
-            m.name: m.scores(batch, self.classifier, position=self.position, head_fusion=self.head_fusion, residual=self.residual)
+            m.name: m.scores(
+                batch, self.classifier, position=self.position, head_fusion=self.head_fusion, residual=self.residual
+            )
             for m in self.methods if isinstance(m, BatchMethod)
         }
         graphs = self.flow.graphs(batch, self.head_fusion) if self.flow is not None else [None] * len(items)
@@ -154,7 +159,9 @@ class BatchRun:
     def _submit_flow(self, pending: list[_Pending]) -> None:
         for item in pending:
             try:
-                item.flow = self.executor.submit(flow_task, item.graph, self.position, self.residual, self.flow.solver)
+                item.flow = self.executor.submit(
+                    flow_task, item.graph, self.position, self.residual, self.flow.solver
+                )
             except Exception as error:  # noqa: BLE001 - a shut-down or broken executor
                 self.broken = f"the executor refused the flow task: {type(error).__name__}: {error}"
                 item.flow = Future()
@@ -199,7 +206,9 @@ class BatchRun:
         curves = {}  # (method, row) -> (deleted inputs, kept inputs)
         for name, rows in scores.items():
             for row, values in enumerate(rows):
-                curves[name, row] = perturbed_inputs(ids, values, candidates, self.fractions, blank_id=self.classifier.blank_id, deletion=self.deletion)
+                curves[name, row] = perturbed_inputs(
+                    ids, values, candidates, self.fractions, blank_id=self.classifier.blank_id, deletion=self.deletion
+                )
         unique = list(dict.fromkeys(tuple(s) for deleted, kept in curves.values() for s in deleted + kept))
         probability = dict(zip(unique, self._probabilities(unique, item.target)))
         metrics: dict[str, dict[str, list[float]]] = {}
@@ -208,10 +217,11 @@ class BatchRun:
                 f"spearman_{ref}": spearman(rows, np.broadcast_to(item.references[ref], rows.shape)).tolist()
                 for ref in REFERENCES
             }
-            deleted = [aopc(item.probability, [probability[tuple(s)] for s in curves[name, r][0]]) for r in range(len(rows))]
-            kept = [aopc(item.probability, [probability[tuple(s)] for s in curves[name, r][1]]) for r in range(len(rows))]
-            metrics[name]["aopc_comprehensiveness"] = deleted
-            metrics[name]["aopc_sufficiency"] = kept
+            for metric, curve in (("aopc_comprehensiveness", 0), ("aopc_sufficiency", 1)):
+                metrics[name][metric] = [
+                    aopc(item.probability, [probability[tuple(s)] for s in curves[name, row][curve]])
+                    for row in range(len(rows))
+                ]
         return metrics
 
     def _probabilities(self, sequences: list[tuple[int, ...]], target: int) -> list[float]:
@@ -247,7 +257,9 @@ def cached_classifier(factory: Callable[[], Classifier]) -> Classifier:
     if key not in _CLASSIFIERS:
         classifier = factory()
         if not isinstance(classifier, Classifier):
-            raise TypeError(f"the model factory must return a Classifier (e.g. HFClassifier); got {type(classifier).__name__}.")
+            raise TypeError(
+                f"the model factory must return a Classifier (e.g. HFClassifier); got {type(classifier).__name__}."
+            )
         _CLASSIFIERS[key] = classifier
     return _CLASSIFIERS[key]
 
@@ -259,6 +271,7 @@ def batch_task(factory: Callable[[], Classifier], methods: list[EvaluationMethod
     Returns the batch's records (``ok`` or ``error``); flow is solved in the worker itself.
     """
     collector = Collector()
-    run = BatchRun(cached_classifier(factory), methods, collector, executor=SerialExecutor(), progress=collector, **settings)
+    classifier = cached_classifier(factory)
+    run = BatchRun(classifier, methods, collector, executor=SerialExecutor(), progress=collector, **settings)
     run.finish(run.start(runnable))
     return collector.records

@@ -205,7 +205,9 @@ class ResultTable:
                 array = np.array(values, dtype=np.float64)
                 summary = summarize(array)
                 for row in range(array.shape[1]):
-                    low, high = bootstrap_interval(array[:, row], confidence=confidence, resamples=resamples, seed=seed)
+                    low, high = bootstrap_interval(
+                        array[:, row], confidence=confidence, resamples=resamples, seed=seed
+                    )
                     rows.append({
                         "method": method, "layer": row + 1 if layered else None, "metric": metric,
                         "mean": float(summary.mean[row]), "std": float(summary.std[row]),
@@ -253,9 +255,11 @@ class ResultTable:
             cells = {(r["method"], "all" if r["layer"] is None else f"L{r['layer']}"): _cell(r) for r in rows}
             width = max(len(c) for c in list(cells.values()) + columns)
             name_width = max(len(m) for m in methods + ["method"])
-            lines = [f"{metric}: {meaning}", " ".join([f"{'method':{name_width}s}"] + [f"{c:>{width}s}" for c in columns])]
+            header = " ".join([f"{'method':{name_width}s}"] + [f"{c:>{width}s}" for c in columns])
+            lines = [f"{metric}: {meaning}", header]
             for method in methods:
-                lines.append(" ".join([f"{method:{name_width}s}"] + [f"{cells.get((method, c), ''):>{width}s}" for c in columns]))
+                row = [f"{cells.get((method, c), ''):>{width}s}" for c in columns]
+                lines.append(" ".join([f"{method:{name_width}s}"] + row).rstrip())
             blocks.append("\n".join(lines))
         return "\n\n".join(blocks)
 

@@ -148,7 +148,8 @@ def evaluate(
         max_length: default ``model.max_length``.
         executor: any ``concurrent.futures.Executor`` for flow, or for whole batches with a model
             factory (default: in-process);
-            :func:`~captum_attnflow.evaluation.executors.process_pool`, ``dask.distributed.Client(...).get_executor()``, ... It is not
+            :func:`~captum_attnflow.evaluation.executors.process_pool`,
+            ``dask.distributed.Client(...).get_executor()``, ... It is not
             shut down here.
         max_in_flight: examples submitted but not yet finished (default ``4 * batch_size``).
         out: directory for ``examples.jsonl`` (streamed) and ``config.json``; ``None`` = memory.
@@ -179,7 +180,10 @@ def evaluate(
         factory = model
         classifier = cached_classifier(factory)
     else:
-        raise TypeError(f"model must be a Classifier, a Hugging Face model or a factory returning a Classifier; got {type(model).__name__}.")
+        raise TypeError(
+            f"model must be a Classifier, a Hugging Face model or a factory returning a Classifier; got "
+            f"{type(model).__name__}."
+        )
     resolved = resolve_methods(methods, flow_solver=flow_solver)
     if head_fusion not in HEAD_FUSIONS:
         raise ValueError(f"unknown head_fusion {head_fusion!r}; choose one of {HEAD_FUSIONS}.")
