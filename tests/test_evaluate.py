@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -281,6 +282,16 @@ def test_max_over_queries_protocol(classifier):
         attentions = classifier.model(input_ids=ids, output_attentions=True).attentions
     expected = rollout(attentions)[0].amax(dim=-2).numpy()
     np.testing.assert_allclose(result.examples[1]["scores"]["rollout"], expected, atol=1e-6)
+
+
+def test_abs_sum_gradient_reference_warns_under_layernorm(classifier):
+    """BERT layer-normalises its embeddings: Σ_d g_d is 0 up to rounding, and we say so."""
+    with pytest.warns(UserWarning, match="rounding noise.*gradient_reduction='l2'"):
+        evaluate(classifier, make_data(2), "raw", **{**SETTINGS, "gradient_reduction": "abs_sum"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate(classifier, make_data(2), "raw", **SETTINGS)  # l2: nothing to warn about
+    assert not [w for w in caught if "rounding noise" in str(w.message)]
 
 
 def test_table_summarises_the_examples(serial, tmp_path):

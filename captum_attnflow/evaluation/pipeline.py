@@ -13,6 +13,7 @@ records: ``error`` for a bad example, ``lost`` when the executor lost its task.
 from __future__ import annotations
 
 import pickle
+import warnings
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -138,6 +139,8 @@ class BatchRun:
             ),
         }
         references = {k: v.detach().to(torch.float64).numpy() for k, v in references.items()}
+        if self.gradient_reduction == "abs_sum":
+            self._check_abs_sum(references["gradient"], input_ids, mask, targets)
         method_scores = {
             m.name: m.scores(
                 batch, self.classifier, position=self.position, head_fusion=self.head_fusion, residual=self.residual
@@ -155,6 +158,26 @@ class BatchRun:
             )
             for b, (example, truncated) in enumerate(items)
         ]
+
+    def _check_abs_sum(self, scores: np.ndarray, input_ids, mask, targets) -> None:
+        """Warn when ``|Σ_d g_d|`` is rounding noise: orders of magnitude below ``‖g‖₂``.
+
+        That happens in models whose embeddings reach the output only through LayerNorms (adding
+        a constant to every dimension changes nothing, so ``Σ_d g_d = 0`` exactly).
+        """
+        norms = input_gradient_scores(
+            self.classifier.probabilities_from_embeddings, self.classifier.embed(input_ids).detach(),
+            target=targets, additional_forward_args=(mask,), reduction="l2", mask=mask,
+        )
+        largest = float(norms.max())
+        if largest > 0 and float(np.max(scores)) < 1e-4 * largest:
+            warnings.warn(
+                f"gradient_reduction='abs_sum' gives |sum_d g_d| <= {float(np.max(scores)):.1e} while the "
+                f"gradient norms reach {largest:.1e}: this model is invariant to shifting all embedding "
+                f"dimensions (LayerNorm), so the gradient reference ranks rounding noise. Use "
+                f"gradient_reduction='l2' (--gradient-reduction l2).",
+                stacklevel=2,
+            )
 
     def _submit_flow(self, pending: list[_Pending]) -> None:
         for item in pending:
