@@ -132,14 +132,17 @@ def check_attention_values(stack: torch.Tensor, mask: torch.Tensor | None, *, re
     ``stack`` has shape ``(batch, L, heads, n, n)``. Rows of padded queries are not checked.
     With ``renormalize=True`` rows are divided by their sums instead of being checked.
     """
-    if not torch.isfinite(stack).all():
-        bad = (~torch.isfinite(stack)).nonzero()[0].tolist()
-        raise ValueError(
-            f"attention contains NaN or inf (first at batch {bad[0]}, layer {bad[1]}, head "
-            f"{bad[2]}, row {bad[3]}, column {bad[4]}). Check the model's dtype (fp16 overflow) "
-            f"and its masks."
-        )
-    if (stack < 0).any():
+    row_sums = stack.sum(-1)  # (batch, L, heads, n); a NaN or inf anywhere makes its row's sum non-finite
+    finite_sums = torch.isfinite(row_sums)
+    if not finite_sums.all():
+        bad = (~torch.isfinite(stack)).nonzero()
+        if len(bad):
+            b, l, h, i, j = bad[0].tolist()
+            raise ValueError(
+                f"attention contains NaN or inf (first at batch {b}, layer {l}, head {h}, row {i}, "
+                f"column {j}). Check the model's dtype (fp16 overflow) and its masks."
+            )
+    if stack.amin() < 0:
         raise ValueError(
             "attention contains negative weights; attention flow and rollout need non-negative, "
             "row-stochastic matrices (softmax outputs)."
@@ -147,16 +150,14 @@ def check_attention_values(stack: torch.Tensor, mask: torch.Tensor | None, *, re
     live_rows = torch.ones(stack.shape[0], stack.shape[-1], dtype=torch.bool, device=stack.device)
     if mask is not None:
         live_rows = mask
-    row_sums = stack.sum(-1)  # (batch, L, heads, n)
     live = live_rows[:, None, None, :].expand_as(row_sums)
     if renormalize:
-        zero = (row_sums <= 0) & live
+        zero = ((row_sums <= 0) | ~finite_sums) & live
         if zero.any():
             b, l, h, i = zero.nonzero()[0].tolist()
-            raise ValueError(f"attention row {i} of batch {b}, layer {l}, head {h} is all zero; cannot renormalize.")
+            raise ValueError(f"attention row {i} of batch {b}, layer {l}, head {h} is all zero or overflows; cannot renormalize.")
         return stack / row_sums.clamp_min(torch.finfo(stack.dtype).tiny).unsqueeze(-1)
-    off = (row_sums - 1).abs() > ROW_SUM_TOLERANCE
-    off &= live
+    off = ~((row_sums - 1).abs() <= ROW_SUM_TOLERANCE) & live  # also catches sums that overflow
     if off.any():
         b, l, h, i = off.nonzero()[0].tolist()
         raise ValueError(
