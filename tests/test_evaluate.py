@@ -560,3 +560,15 @@ def test_csv_examples_take_label_indices_or_names(tmp_path):
         _texts(path, {})
     with pytest.raises(ValueError, match=r"\.txt file"):
         _texts(tmp_path / "data.json", {})
+
+
+def test_cli_on_a_dask_scheduler(hf_model_dir, dask_client, tmp_path):
+    from captum_attnflow.cli import main
+
+    out = tmp_path / "dask"
+    assert main(["evaluate", "--model", str(hf_model_dir), "--data", str(hf_model_dir / "data.txt"), "--examples", "6",
+                 "--methods", "raw,flow", "--out", str(out), "--no-progress", "--flow-solver", "scipy",
+                 "--dask", dask_client.scheduler.address]) == 0
+    assert [r["index"] for r in read_examples(out)] == list(range(6))
+    assert main(["evaluate", "--model", str(hf_model_dir), "--data", str(hf_model_dir / "data.txt"), "--out",
+                 str(tmp_path / "x"), "--dask", "tcp://a:1", "--workers", "2"]) == 2
