@@ -226,15 +226,15 @@ def head_flow(
     Returns:
         ``(batch, heads, n, n)`` (``heads = 1`` when ``head`` is given); unrequested rows NaN.
     """
-    augmented, stack, mask, was_numpy = prepare_graph(
+    augmented, raw_layers, mask, was_numpy = prepare_graph(
         attentions, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize
     )
     batch, num_layers, n, _ = augmented.shape
     layer = check_index(layer, num_layers, "layer", "layers")
-    top = head_graph(stack, layer, residual=residual, mask=mask)
-    heads = list(range(stack.shape[2]))
+    top = head_graph(raw_layers, layer, residual=residual, mask=mask)
+    heads = list(range(top.shape[1]))
     if head is not None:
-        heads = [check_index(head, stack.shape[2], "head", "heads")]
+        heads = [check_index(head, top.shape[1], "head", "heads")]
     positions = _indices(output_positions, n, "output_positions", "positions")
     method = _method(method)
     workers = _workers(workers)

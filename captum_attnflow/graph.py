@@ -34,21 +34,20 @@ ROW_SUM_TOLERANCE = 1e-2
 # --------------------------------------------------------------------------------------------
 
 
-def as_attention_stack(attentions, *, name: str = "attentions") -> tuple[torch.Tensor, bool]:
-    """Validate ``attentions`` and stack them into one tensor.
+def attention_layers(attentions, *, name: str = "attentions") -> tuple[list[torch.Tensor], bool]:
+    """Validate ``attentions`` and return them as a list of per-layer tensors (no copy).
 
     Args:
         attentions: a sequence of ``L`` tensors or arrays of shape ``(batch, heads, n, n)``, or one
             tensor/array of shape ``(batch, L, heads, n, n)``.
 
     Returns:
-        ``(stack, was_numpy)`` with ``stack`` of shape ``(batch, L, heads, n, n)`` in a floating
-        dtype (float32 and float64 are kept, other dtypes become float32).
+        ``(layers, was_numpy)``: ``L`` tensors ``(batch, heads, n, n)`` of one floating dtype
+        (float64 if any layer is float64, else float32), on one device.
 
     Raises:
         TypeError, ValueError: with a message naming the problem.
     """
-    was_numpy = False
     if isinstance(attentions, (torch.Tensor, np.ndarray)):
         was_numpy = isinstance(attentions, np.ndarray)
         stack = torch.as_tensor(attentions)
@@ -58,9 +57,13 @@ def as_attention_stack(attentions, *, name: str = "attentions") -> tuple[torch.T
                 f"shape {tuple(stack.shape)}. Pass a list of per-layer (batch, heads, n, n) "
                 f"tensors instead (Hugging Face's output_attentions format)."
             )
+        if stack.shape[1] == 0:
+            raise ValueError(f"{name} is empty: no attention layers were given.")
+        layers = list(stack.unbind(1))
     elif isinstance(attentions, Sequence) and not isinstance(attentions, (str, bytes)):
         if len(attentions) == 0:
             raise ValueError(f"{name} is empty: no attention layers were given.")
+        was_numpy = False
         layers = []
         for index, layer in enumerate(attentions):
             if isinstance(layer, np.ndarray):
@@ -70,43 +73,48 @@ def as_attention_stack(attentions, *, name: str = "attentions") -> tuple[torch.T
                     f"{name}[{index}] is a {type(layer).__name__}; expected a torch.Tensor or "
                     f"numpy array of shape (batch, heads, n, n)."
                 )
-            layer = torch.as_tensor(layer)
-            if layer.dim() != 4:
-                hint = " (add the head axis with .unsqueeze(1))" if layer.dim() == 3 else ""
-                raise ValueError(
-                    f"{name}[{index}] must have shape (batch, heads, n, n); got shape "
-                    f"{tuple(layer.shape)}{hint}."
-                )
-            if layer.shape[-1] != layer.shape[-2]:
-                raise ValueError(
-                    f"{name}[{index}] is not square: shape {tuple(layer.shape)}; self-attention "
-                    f"needs (batch, heads, n, n). Cross-attention cannot be rolled out."
-                )
-            if index and layer.shape != layers[0].shape:
-                raise ValueError(
-                    f"{name}[{index}] has shape {tuple(layer.shape)} but {name}[0] has shape "
-                    f"{tuple(layers[0].shape)}; every layer needs the same (batch, heads, n, n)."
-                )
-            if index and layer.device != layers[0].device:
-                raise ValueError(f"{name}[{index}] is on {layer.device}, {name}[0] on {layers[0].device}.")
-            layers.append(layer)
-        stack = torch.stack(layers, dim=1)
+            layers.append(torch.as_tensor(layer))
     else:
         raise TypeError(
             f"{name} must be a sequence of (batch, heads, n, n) tensors or arrays; got "
             f"{type(attentions).__name__}."
         )
-    if stack.shape[-1] != stack.shape[-2]:
-        raise ValueError(f"{name} is not square: shape {tuple(stack.shape)}.")
-    if stack.shape[-1] == 0:
+    first = layers[0]
+    for index, layer in enumerate(layers):
+        if layer.dim() != 4:
+            hint = " (add the head axis with .unsqueeze(1))" if layer.dim() == 3 else ""
+            raise ValueError(
+                f"{name}[{index}] must have shape (batch, heads, n, n); got shape "
+                f"{tuple(layer.shape)}{hint}."
+            )
+        if layer.shape[-1] != layer.shape[-2]:
+            raise ValueError(
+                f"{name}[{index}] is not square: shape {tuple(layer.shape)}; self-attention "
+                f"needs (batch, heads, n, n). Cross-attention cannot be rolled out."
+            )
+        if layer.shape != first.shape:
+            raise ValueError(
+                f"{name}[{index}] has shape {tuple(layer.shape)} but {name}[0] has shape "
+                f"{tuple(first.shape)}; every layer needs the same (batch, heads, n, n)."
+            )
+        if layer.device != first.device:
+            raise ValueError(f"{name}[{index}] is on {layer.device}, {name}[0] on {first.device}.")
+    if first.shape[-1] == 0:
         raise ValueError(f"{name} describes an empty sequence (n = 0 tokens).")
-    if stack.shape[0] == 0 or stack.shape[2] == 0:
-        raise ValueError(f"{name} has an empty batch or head axis: shape {tuple(stack.shape)}.")
-    if not stack.is_floating_point():
-        stack = stack.float()
-    elif stack.dtype not in (torch.float32, torch.float64):
-        stack = stack.float()
-    return stack, was_numpy
+    if first.shape[0] == 0 or first.shape[1] == 0:
+        raise ValueError(f"{name} has an empty batch or head axis: shape {tuple(first.shape)}.")
+    dtype = torch.float64 if any(layer.dtype == torch.float64 for layer in layers) else torch.float32
+    return [layer.to(dtype) for layer in layers], was_numpy
+
+
+def as_attention_stack(attentions, *, name: str = "attentions") -> tuple[torch.Tensor, bool]:
+    """Validate ``attentions`` (see :func:`attention_layers`) and stack them.
+
+    Returns:
+        ``(stack, was_numpy)`` with ``stack`` of shape ``(batch, L, heads, n, n)``.
+    """
+    layers, was_numpy = attention_layers(attentions, name=name)
+    return torch.stack(layers, dim=1), was_numpy
 
 
 def as_mask(mask, *, batch: int, n: int, device: torch.device) -> torch.Tensor | None:
@@ -126,46 +134,46 @@ def as_mask(mask, *, batch: int, n: int, device: torch.device) -> torch.Tensor |
     return mask
 
 
-def check_attention_values(stack: torch.Tensor, mask: torch.Tensor | None, *, renormalize: bool) -> torch.Tensor:
+def check_attention_values(
+    attention: torch.Tensor, mask: torch.Tensor | None, *, renormalize: bool, layer: int = 0
+) -> torch.Tensor:
     """Reject NaN/inf/negative attention and rows that do not sum to 1.
 
-    ``stack`` has shape ``(batch, L, heads, n, n)``. Rows of padded queries are not checked.
-    With ``renormalize=True`` rows are divided by their sums instead of being checked.
+    ``attention`` is one layer, ``(batch, heads, n, n)``; ``layer`` only names it in messages.
+    Rows of padded queries are not checked. With ``renormalize=True`` rows are divided by their
+    sums instead of being checked.
     """
-    row_sums = stack.sum(-1)  # (batch, L, heads, n); a NaN or inf anywhere makes its row's sum non-finite
+    row_sums = attention.sum(-1)  # (batch, heads, n); a NaN or inf anywhere makes its row's sum non-finite
     finite_sums = torch.isfinite(row_sums)
     if not finite_sums.all():
-        bad = (~torch.isfinite(stack)).nonzero()
+        bad = (~torch.isfinite(attention)).nonzero()
         if len(bad):
-            b, l, h, i, j = bad[0].tolist()
+            b, h, i, j = bad[0].tolist()
             raise ValueError(
-                f"attention contains NaN or inf (first at batch {b}, layer {l}, head {h}, row {i}, "
+                f"attention contains NaN or inf (first at batch {b}, layer {layer}, head {h}, row {i}, "
                 f"column {j}). Check the model's dtype (fp16 overflow) and its masks."
             )
-    if stack.amin() < 0:
+    if attention.amin() < 0:
         raise ValueError(
-            "attention contains negative weights; attention flow and rollout need non-negative, "
-            "row-stochastic matrices (softmax outputs)."
+            f"attention of layer {layer} contains negative weights; attention flow and rollout need "
+            f"non-negative, row-stochastic matrices (softmax outputs)."
         )
-    live_rows = torch.ones(stack.shape[0], stack.shape[-1], dtype=torch.bool, device=stack.device)
-    if mask is not None:
-        live_rows = mask
-    live = live_rows[:, None, None, :].expand_as(row_sums)
+    live = torch.ones_like(finite_sums) if mask is None else mask[:, None, :].expand_as(row_sums)
     if renormalize:
         zero = ((row_sums <= 0) | ~finite_sums) & live
         if zero.any():
-            b, l, h, i = zero.nonzero()[0].tolist()
-            raise ValueError(f"attention row {i} of batch {b}, layer {l}, head {h} is all zero or overflows; cannot renormalize.")
-        return stack / row_sums.clamp_min(torch.finfo(stack.dtype).tiny).unsqueeze(-1)
+            b, h, i = zero.nonzero()[0].tolist()
+            raise ValueError(f"attention row {i} of batch {b}, layer {layer}, head {h} is all zero or overflows; cannot renormalize.")
+        return attention / row_sums.clamp_min(torch.finfo(attention.dtype).tiny).unsqueeze(-1)
     off = ~((row_sums - 1).abs() <= ROW_SUM_TOLERANCE) & live  # also catches sums that overflow
     if off.any():
-        b, l, h, i = off.nonzero()[0].tolist()
+        b, h, i = off.nonzero()[0].tolist()
         raise ValueError(
-            f"attention row {i} of batch {b}, layer {l}, head {h} sums to "
-            f"{row_sums[b, l, h, i].item():.4g}, not 1. Attention must be row-stochastic "
+            f"attention row {i} of batch {b}, layer {layer}, head {h} sums to "
+            f"{row_sums[b, h, i].item():.4g}, not 1. Attention must be row-stochastic "
             f"(softmax over keys); pass renormalize=True to divide rows by their sums."
         )
-    return stack
+    return attention
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,21 +237,28 @@ def prepare_graph(
     head_fusion: str = "mean",
     mask=None,
     renormalize: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
-    """Validate inputs and build the per-layer graph matrices.
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None, bool]:
+    """Validate inputs and build the per-layer graph matrices, one layer at a time.
+
+    Memory stays at the input plus the ``(batch, L, n, n)`` result: heads are fused layer by
+    layer, never stacked.
 
     Returns:
-        ``(augmented, stack, mask, was_numpy)``: ``augmented`` is ``(batch, L, n, n)`` with
-        ``augmented[:, l-1] = Â_l`` (fused, masked, residual, row-normalised); ``stack`` the
-        validated raw attention ``(batch, L, heads, n, n)``; ``mask`` a bool ``(batch, n)`` or None.
+        ``(augmented, layers, mask, was_numpy)``: ``augmented`` is ``(batch, L, n, n)`` with
+        ``augmented[:, l-1] = Â_l`` (fused, masked, residual, row-normalised); ``layers`` the
+        validated raw attention, ``L`` tensors ``(batch, heads, n, n)``; ``mask`` a bool
+        ``(batch, n)`` or None.
     """
     if head_fusion not in HEAD_FUSIONS:
         raise ValueError(f"unknown head_fusion {head_fusion!r}; choose one of {HEAD_FUSIONS}.")
-    stack, was_numpy = as_attention_stack(attentions)
-    mask = as_mask(mask, batch=stack.shape[0], n=stack.shape[-1], device=stack.device)
-    stack = check_attention_values(stack, mask, renormalize=renormalize)
-    augmented = augment_residual(fuse_heads(stack, head_fusion), residual=residual, mask=mask)
-    return augmented, stack, mask, was_numpy
+    layers, was_numpy = attention_layers(attentions)
+    batch, _, n, _ = layers[0].shape
+    mask = as_mask(mask, batch=batch, n=n, device=layers[0].device)
+    augmented = torch.empty(batch, len(layers), n, n, dtype=layers[0].dtype, device=layers[0].device)
+    for index, attention in enumerate(layers):
+        layers[index] = check_attention_values(attention, mask, renormalize=renormalize, layer=index)
+        augmented[:, index] = augment_residual(fuse_heads(layers[index], head_fusion), residual=residual, mask=mask)
+    return augmented, layers, mask, was_numpy
 
 
 def to_output(result: torch.Tensor, was_numpy: bool):
@@ -265,14 +280,14 @@ def check_index(value: int, size: int, name: str, what: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def rollout_matrices(augmented: torch.Tensor) -> torch.Tensor:
-    """``(batch, L, n, n)`` of ``Â_l`` -> ``(batch, L, n, n)`` of ``R_l = Â_l · R_{l-1}``."""
-    out = torch.empty_like(augmented)
-    current = augmented[:, 0]
-    out[:, 0] = current
-    for layer in range(1, augmented.shape[1]):
-        current = torch.matmul(augmented[:, layer], current)
-        out[:, layer] = current
+def rollout_matrices(augmented: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """``(batch, L, n, n)`` of ``Â_l`` -> ``(batch, L, n, n)`` of ``R_l = Â_l · R_{l-1}``.
+
+    ``inplace=True`` overwrites ``augmented`` (no second ``L·n²`` buffer).
+    """
+    out = augmented if inplace else augmented.clone()
+    for layer in range(1, out.shape[1]):
+        out[:, layer] = torch.matmul(out[:, layer], out[:, layer - 1])
     return out
 
 
@@ -306,7 +321,7 @@ def rollout(
     augmented, _, _, was_numpy = prepare_graph(
         attentions, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize
     )
-    return to_output(rollout_matrices(augmented), was_numpy)
+    return to_output(rollout_matrices(augmented, inplace=True), was_numpy)
 
 
 def raw_attention(attentions, *, head_fusion: str = "mean", mask=None, renormalize: bool = False):
@@ -314,17 +329,14 @@ def raw_attention(attentions, *, head_fusion: str = "mean", mask=None, renormali
 
     Padded keys and queries are zeroed and live rows renormalised (no residual).
     """
-    stack, was_numpy = as_attention_stack(attentions)
-    mask = as_mask(mask, batch=stack.shape[0], n=stack.shape[-1], device=stack.device)
-    stack = check_attention_values(stack, mask, renormalize=renormalize)
-    if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"unknown head_fusion {head_fusion!r}; choose one of {HEAD_FUSIONS}.")
-    fused = augment_residual(fuse_heads(stack, head_fusion), residual=False, mask=mask)
+    fused, _, _, was_numpy = prepare_graph(
+        attentions, residual=False, head_fusion=head_fusion, mask=mask, renormalize=renormalize
+    )
     return to_output(fused, was_numpy)
 
 
 def head_graph(
-    stack: torch.Tensor,
+    layers: Sequence[torch.Tensor],
     layer: int,
     *,
     residual: bool,
@@ -332,10 +344,10 @@ def head_graph(
 ) -> torch.Tensor:
     """The per-head top layer of appendix A.1: ``(batch, heads, n, n)`` of ``Â_l[h]``.
 
-    ``stack`` is the raw ``(batch, L, heads, n, n)``; ``layer`` is 0-based. Each head's matrix is
-    masked, given the residual and row-normalised exactly like a fused layer.
+    ``layers`` are the validated raw ``(batch, heads, n, n)`` tensors; ``layer`` is 0-based. Each
+    head's matrix is masked, given the residual and row-normalised exactly like a fused layer.
     """
-    return augment_residual(stack[:, layer], residual=residual, mask=mask)
+    return augment_residual(layers[layer], residual=residual, mask=mask)
 
 
 def head_rollout(
@@ -363,16 +375,16 @@ def head_rollout(
     Returns:
         ``(batch, heads, n, n)`` (``heads = 1`` when ``head`` is given); live rows sum to 1.
     """
-    augmented, stack, mask, was_numpy = prepare_graph(
+    augmented, layers, mask, was_numpy = prepare_graph(
         attentions, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize
     )
-    num_layers, num_heads = stack.shape[1], stack.shape[2]
+    num_layers, num_heads = len(layers), layers[0].shape[1]
     layer = check_index(layer, num_layers, "layer", "layers")
-    top = head_graph(stack, layer, residual=residual, mask=mask)
+    top = head_graph(layers, layer, residual=residual, mask=mask)
     if head is not None:
         head = check_index(head, num_heads, "head", "heads")
         top = top[:, head : head + 1]
     if layer == 0:
         return to_output(top, was_numpy)
-    below = rollout_matrices(augmented[:, :layer])[:, -1]  # (batch, n, n)
+    below = rollout_matrices(augmented[:, :layer], inplace=True)[:, -1]  # (batch, n, n)
     return to_output(torch.matmul(top, below.unsqueeze(1)), was_numpy)
