@@ -82,12 +82,18 @@ def test_encoder_is_bidirectional():
 
 def test_training_is_deterministic_and_learns(splits):
     small = generate_splits(1, train=300, valid=60, test=10)
-    config = TrainingConfig(epochs=2, batch_size=32)
+    config = TrainingConfig(epochs=2, batch_size=32, checks_per_epoch=2, target_accuracy=None)
     first, history = train_model(small, seed=3, model_config=TINY, training=config, progress=False)
     second, _ = train_model(small, seed=3, model_config=TINY, training=config, progress=False)
     for key, value in first.state_dict().items():
         torch.testing.assert_close(value, second.state_dict()[key], rtol=0, atol=0)
-    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["epoch"] for h in history] == [0.5, 1.0, 1.5, 2.0]
+    best = max(h["valid_accuracy"] for h in history)
+    assert accuracy(first, small.valid).overall == pytest.approx(best)  # the best check is kept
+    _, short = train_model(small, seed=3, model_config=TINY, progress=False,
+                           training=TrainingConfig(epochs=2, batch_size=32, checks_per_epoch=2,
+                                                   target_accuracy=0.0))
+    assert len(short) == 1  # stops at the first check reaching the target
     result = accuracy(first, small.valid)
     correct = predict(first, small.valid) == torch.tensor([x.label for x in small.valid])
     assert result.overall == pytest.approx(correct.float().mean().item())

@@ -98,7 +98,7 @@ def test_reproduce_retrain_and_workers(tmp_path, monkeypatch, capsys):
     from captum_attnflow import reproduce
 
     monkeypatch.setattr(reproduce, "DATA_SIZES", SIZES)
-    monkeypatch.setattr(reproduce, "EPOCHS", 1)
+    monkeypatch.setattr(reproduce, "MAX_EPOCHS", 1)
     saved = tmp_path / "retrained.pt"
     argv = ["reproduce", "--retrain", "--checkpoint", str(saved), "--examples", "4", "--layers", "1,6"]
     assert main(argv + ["--out", str(tmp_path / "serial")]) == 0
