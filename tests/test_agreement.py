@@ -134,7 +134,7 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
 def test_shipped_checkpoint_is_accurate():
     model, metadata = load_checkpoint(shipped_checkpoint_path())
     assert model.config == ModelConfig()  # the paper's architecture
-    test = generate_splits(metadata["data_seed"], **metadata["data_sizes"]).test[:800]
+    test = generate_splits(metadata["data_seed"], **metadata["data_sizes"]).test
     torch.set_num_threads(1)
     result = accuracy(model, test)
-    assert result.overall >= 0.95 and result.with_attractors >= 0.93
+    assert result.overall >= 0.95 and result.with_attractors >= 0.95  # the target; paper: 0.96

@@ -103,7 +103,7 @@ def test_reproduce_retrain_and_workers(tmp_path, monkeypatch, capsys):
     argv = ["reproduce", "--retrain", "--checkpoint", str(saved), "--examples", "4", "--layers", "1,6"]
     assert main(argv + ["--out", str(tmp_path / "serial")]) == 0
     _, metadata = load_checkpoint(saved)
-    assert metadata["data_sizes"] == SIZES and len(metadata["history"]) == 1
+    assert metadata["data_sizes"] == SIZES and metadata["history"][-1]["epoch"] <= 1  # MAX_EPOCHS = 1
     serial = json.loads((tmp_path / "serial" / "results.json").read_text())["tables"]
     argv[1:2] = []  # load the retrained checkpoint instead of training again
     argv += ["--workers", "2"]
