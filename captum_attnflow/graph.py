@@ -181,15 +181,20 @@ def check_attention_values(
 # --------------------------------------------------------------------------------------------
 
 
+def check_head_fusion(head_fusion: str) -> None:
+    """Raise a ValueError naming the choices unless ``head_fusion`` is one of :data:`HEAD_FUSIONS`."""
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"unknown head_fusion {head_fusion!r}; choose one of {HEAD_FUSIONS}.")
+
+
 def fuse_heads(attention: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:
     """Fuse the head axis: ``(..., heads, n, n) -> (..., n, n)`` by mean, max or min."""
+    check_head_fusion(head_fusion)
     if head_fusion == "mean":
         return attention.mean(dim=-3)
     if head_fusion == "max":
         return attention.amax(dim=-3)
-    if head_fusion == "min":
-        return attention.amin(dim=-3)
-    raise ValueError(f"unknown head_fusion {head_fusion!r}; choose one of {HEAD_FUSIONS}.")
+    return attention.amin(dim=-3)
 
 
 def augment_residual(attention: torch.Tensor, *, residual: bool = True, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -249,8 +254,7 @@ def prepare_graph(
         validated raw attention, ``L`` tensors ``(batch, heads, n, n)``; ``mask`` a bool
         ``(batch, n)`` or None.
     """
-    if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"unknown head_fusion {head_fusion!r}; choose one of {HEAD_FUSIONS}.")
+    check_head_fusion(head_fusion)
     layers, was_numpy = attention_layers(attentions)
     batch, _, n, _ = layers[0].shape
     mask = as_mask(mask, batch=batch, n=n, device=layers[0].device)

@@ -20,7 +20,7 @@ from captum.attr import Attribution
 from torch import Tensor, nn
 
 from captum_attnflow.capture import AttentionRecorder
-from captum_attnflow.graph import HEAD_FUSIONS, check_index
+from captum_attnflow.graph import check_head_fusion, check_index
 
 #: ``position`` values that trace every query position instead of one.
 MULTI_POSITIONS: tuple[str, ...] = ("max", "all")
@@ -404,8 +404,8 @@ class AttentionAttribution(Attribution):
             TypeError: arguments of the wrong type.
         """
         capture_fusion = None if head is not None or self.needs_heads else head_fusion
-        if capture_fusion is not None and capture_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"unknown head_fusion {head_fusion!r}; choose one of {HEAD_FUSIONS}.")
+        if capture_fusion is not None:
+            check_head_fusion(capture_fusion)
         attentions, mask, _ = self.record(inputs, additional_forward_args, head_fusion=capture_fusion)
         return self.attribute_recorded(
             attentions, mask, position=position, layer=layer, head=head, residual=residual, head_fusion=head_fusion
@@ -449,8 +449,7 @@ class AttentionAttribution(Attribution):
         ``attentions`` (and ``gradients`` for gradient-weighted methods) are ``L`` tensors
         ``(batch, heads, n, n)``; ``mask`` is a ``(batch, n)`` bool padding mask or None.
         """
-        if head_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"unknown head_fusion {head_fusion!r}; choose one of {HEAD_FUSIONS}.")
+        check_head_fusion(head_fusion)
         if head is not None:
             num_heads = attentions[0].shape[1]
             if num_heads == 1 and head != 0:

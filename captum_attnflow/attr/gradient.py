@@ -7,7 +7,7 @@ from captum._utils.common import _select_targets
 from torch import Tensor
 
 from captum_attnflow.attr.base import AttentionAttribution, output_tensor
-from captum_attnflow.graph import HEAD_FUSIONS, as_attention_stack, fuse_heads, rollout_matrices
+from captum_attnflow.graph import as_attention_stack, check_head_fusion, fuse_heads, rollout_matrices
 
 
 def gradient_weighted_graph(attentions, gradients, *, residual: bool = True, mask: Tensor | None = None) -> Tensor:
@@ -119,8 +119,7 @@ class GradientWeightedRollout(AttentionAttribution):
             ValueError: bad ``position``/``layer``/``head``/``target``, or attention that is
                         not connected to the output (recomputed, not used by the model).
         """
-        if head_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"unknown head_fusion {head_fusion!r}; choose one of {HEAD_FUSIONS}.")
+        check_head_fusion(head_fusion)
         attentions, mask, output = self.record(inputs, additional_forward_args, head_fusion=None, keep_graph=True)
         scores = output_tensor(output)
         if target is None and scores.dim() == 2:

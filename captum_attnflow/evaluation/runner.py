@@ -49,7 +49,7 @@ from captum_attnflow.evaluation.methods import EvaluationMethod, Position, resol
 from captum_attnflow.evaluation.models import Classifier, HFClassifier
 from captum_attnflow.evaluation.pipeline import BatchRun, batch_task, cached_classifier
 from captum_attnflow.evaluation.results import ResultStore, ResultTable
-from captum_attnflow.graph import HEAD_FUSIONS
+from captum_attnflow.graph import check_head_fusion
 from captum_attnflow.metrics import GRADIENT_REDUCTIONS, GradientReduction
 
 
@@ -185,8 +185,7 @@ def evaluate(
             f"{type(model).__name__}."
         )
     resolved = resolve_methods(methods, flow_solver=flow_solver)
-    if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"unknown head_fusion {head_fusion!r}; choose one of {HEAD_FUSIONS}.")
+    check_head_fusion(head_fusion)
     if gradient_reduction not in GRADIENT_REDUCTIONS:
         raise ValueError(f"unknown gradient_reduction {gradient_reduction!r}; choose one of {GRADIENT_REDUCTIONS}.")
     if deletion not in DELETIONS:
