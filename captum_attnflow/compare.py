@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from captum_attnflow.attr import AttentionFlow, AttentionRollout, GradientWeightedRollout, RawAttention
 from captum_attnflow.attr.base import forward_call, output_tensor, resolve_positions
-from captum_attnflow.metrics import GRADIENT_REDUCTIONS, reduce_gradients
+from captum_attnflow.metrics import check_gradient_reduction, reduce_gradients
 
 #: Attention methods (computed from one recorded forward pass, gradient rollout from its own).
 ATTENTION_METHODS = {
@@ -229,8 +229,7 @@ def compare_attributions(
     unknown = [name for name in methods if name not in ATTENTION_METHODS and name not in CAPTUM_METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown methods {unknown}; choose from {tuple(ATTENTION_METHODS) + CAPTUM_METHODS}.")
-    if gradient_reduction not in GRADIENT_REDUCTIONS:
-        raise ValueError(f"unknown gradient_reduction {gradient_reduction!r}; choose one of {GRADIENT_REDUCTIONS}.")
+    check_gradient_reduction(gradient_reduction, "gradient_reduction")
     if {"ablation", "occlusion", "layer_integrated_gradients"} & set(methods) and baseline_token_id is None:
         baseline_token_id = getattr(getattr(model, "config", None), "pad_token_id", None)
         if baseline_token_id is None:

@@ -35,6 +35,12 @@ GradientReduction = Literal["abs_sum", "l2", "sum"]
 GRADIENT_REDUCTIONS: tuple[str, ...] = ("abs_sum", "l2", "sum")
 
 
+def check_gradient_reduction(reduction: str, name: str = "gradient reduction") -> None:
+    """Raise a ValueError naming ``name`` and the choices unless ``reduction`` is in :data:`GRADIENT_REDUCTIONS`."""
+    if reduction not in GRADIENT_REDUCTIONS:
+        raise ValueError(f"unknown {name} {reduction!r}; choose one of {GRADIENT_REDUCTIONS}.")
+
+
 def _as_float_array(values, name: str) -> np.ndarray:
     """``values`` (tensor or array-like) as a float64 numpy array."""
     if isinstance(values, torch.Tensor):
@@ -191,13 +197,12 @@ def reduce_gradients(gradients: torch.Tensor, reduction: GradientReduction = "ab
     """
     if gradients.dim() != 3:
         raise ValueError(f"gradients must have shape (batch, n, d); got shape {tuple(gradients.shape)}.")
+    check_gradient_reduction(reduction)
     if reduction == "abs_sum":
         return gradients.sum(-1).abs()
     if reduction == "l2":
         return gradients.norm(dim=-1)
-    if reduction == "sum":
-        return gradients.sum(-1)
-    raise ValueError(f"unknown gradient reduction {reduction!r}; choose one of {GRADIENT_REDUCTIONS}.")
+    return gradients.sum(-1)
 
 
 def input_gradient_scores(
@@ -239,8 +244,7 @@ def input_gradient_scores(
         raise TypeError("inputs_embeds must be a floating torch.Tensor of shape (batch, n, d).")
     if inputs_embeds.dim() != 3:
         raise ValueError(f"inputs_embeds must have shape (batch, n, d); got shape {tuple(inputs_embeds.shape)}.")
-    if reduction not in GRADIENT_REDUCTIONS:
-        raise ValueError(f"unknown gradient reduction {reduction!r}; choose one of {GRADIENT_REDUCTIONS}.")
+    check_gradient_reduction(reduction)
     if mask is not None and tuple(mask.shape) != tuple(inputs_embeds.shape[:2]):
         raise ValueError(
             f"mask must have shape (batch, n) = {tuple(inputs_embeds.shape[:2])}; got {tuple(mask.shape)}."

@@ -18,6 +18,7 @@ from multiprocessing import get_context
 import numpy as np
 import pytest
 import torch
+from captum.attr import Saliency
 from scipy import stats
 
 from captum_attnflow import attention_flow, raw_attention, rollout
@@ -198,6 +199,15 @@ def test_unknown_method_lists_the_valid_ones():
         resolve_methods(["raw", "raw"])
     with pytest.raises(TypeError, match="Attribution class"):
         CaptumMethod("x", torch.nn.Linear)
+    with pytest.raises(ValueError, match=r"unknown reduction 'max'; choose one of \('abs_sum', 'l2', 'sum'\)"):
+        CaptumMethod("x", Saliency, reduction="max")
+
+
+def test_unknown_settings_list_the_valid_ones(classifier):
+    with pytest.raises(ValueError, match=r"unknown head_fusion 'median'; choose one of \('mean', 'max', 'min'\)"):
+        evaluate(classifier, make_data(1), "raw", **{**SETTINGS, "head_fusion": "median"})
+    with pytest.raises(ValueError, match=r"unknown gradient_reduction 'max'; choose one of \('abs_sum'"):
+        evaluate(classifier, make_data(1), "raw", **{**SETTINGS, "gradient_reduction": "max"})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 
 from captum_attnflow.flow import attention_flow
 from captum_attnflow.graph import check_index, raw_attention, rollout
-from captum_attnflow.metrics import GRADIENT_REDUCTIONS, GradientReduction, reduce_gradients
+from captum_attnflow.metrics import GradientReduction, check_gradient_reduction, reduce_gradients
 
 Position = Union[int, Literal["max"]]
 
@@ -199,8 +199,7 @@ class CaptumMethod(BatchMethod):
             raise TypeError(
                 f"attribution must be a captum.attr Attribution class (e.g. Saliency); got {attribution!r}."
             )
-        if reduction not in GRADIENT_REDUCTIONS:
-            raise ValueError(f"unknown reduction {reduction!r}; choose one of {GRADIENT_REDUCTIONS}.")
+        check_gradient_reduction(reduction, "reduction")
         self.name = name
         self.attribution = attribution
         self.reduction = reduction

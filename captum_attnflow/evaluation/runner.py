@@ -50,7 +50,7 @@ from captum_attnflow.evaluation.models import Classifier, HFClassifier
 from captum_attnflow.evaluation.pipeline import BatchRun, batch_task, cached_classifier
 from captum_attnflow.evaluation.results import ResultStore, ResultTable
 from captum_attnflow.graph import check_head_fusion
-from captum_attnflow.metrics import GRADIENT_REDUCTIONS, GradientReduction
+from captum_attnflow.metrics import GradientReduction, check_gradient_reduction
 
 
 @dataclass
@@ -186,8 +186,7 @@ def evaluate(
         )
     resolved = resolve_methods(methods, flow_solver=flow_solver)
     check_head_fusion(head_fusion)
-    if gradient_reduction not in GRADIENT_REDUCTIONS:
-        raise ValueError(f"unknown gradient_reduction {gradient_reduction!r}; choose one of {GRADIENT_REDUCTIONS}.")
+    check_gradient_reduction(gradient_reduction, "gradient_reduction")
     if deletion not in DELETIONS:
         raise ValueError(f"unknown deletion {deletion!r}; choose one of {DELETIONS}.")
     if position != "max" and (isinstance(position, bool) or not isinstance(position, int)):
