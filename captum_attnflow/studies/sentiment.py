@@ -43,7 +43,7 @@ HELP = "Table 3: raw/rollout/flow vs input gradients and blank-out on a fine-tun
 VIEWS: dict[str, str | int] = {"max": "max", "cls": 0}
 #: Reference scores: the paper's |Σ_d g_d| input gradient, the L2 norm ‖g‖₂ of the same gradient,
 #: and blank-out.
-REFERENCES: tuple[str, ...] = ("gradient", "gradient_l2", "blankout")
+REFERENCES: tuple[str, ...] = ("gradient", "gradient_l2", "blank_out")
 
 #: Table 3 of the paper (DistilBERT / SST-2, 100 sentences, max view, vs input gradients):
 #: method -> {layer: (mean, std)}.
@@ -113,12 +113,12 @@ def reference_relevance(model, encoded, target: torch.Tensor, blank_id: int) -> 
         )
         for name, reduction in (("gradient", "abs_sum"), ("gradient_l2", "l2"))
     }
-    blankout = blank_out_scores(
+    blank_out = blank_out_scores(
         lambda ids, attention_mask: model(input_ids=ids, attention_mask=attention_mask).logits.softmax(-1),
         encoded["input_ids"], target=target, blank_id=blank_id, additional_forward_args=(mask,),
         mask=mask, perturbations_per_eval=8,
     )
-    return {**gradients, "blankout": blankout}
+    return {**gradients, "blank_out": blank_out}
 
 
 def run_protocol(
@@ -222,8 +222,8 @@ def format_tables(records: Sequence[dict], num_layers: int) -> str:
         ("gradient", "cls"): "vs input gradients |Σ_d g_d| — [CLS] row",
         ("gradient_l2", "max"): "vs input gradients ‖g‖₂ — max over query positions",
         ("gradient_l2", "cls"): "vs input gradients ‖g‖₂ — [CLS] row",
-        ("blankout", "max"): "vs blank-out ([UNK]) — max over query positions",
-        ("blankout", "cls"): "vs blank-out ([UNK]) — [CLS] row",
+        ("blank_out", "max"): "vs blank-out ([UNK]) — max over query positions",
+        ("blank_out", "cls"): "vs blank-out ([UNK]) — [CLS] row",
     }
     lookup = {(r["reference"], r["view"], r["method"], r["layer"]): r for r in records}
     header = "| method | " + " | ".join(f"L{layer}" for layer in range(1, num_layers + 1)) + " |"
@@ -309,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
                 for view in VIEWS for name in METHODS}
         rows.update({"gradient |Σ_d g_d|": result.scores["gradient"][example][words],
                      "gradient ‖g‖₂": result.scores["gradient_l2"][example][words],
-                     "blank-out": result.scores["blankout"][example][words]})
+                     "blank-out": result.scores["blank_out"][example][words]})
         label = "positive" if result.predictions[example] else "negative"
         figure = token_heatmap(rows, result.tokens[example][words], annotate=False,
                                title=f"predicted {label}; [CLS]/[SEP] left out, each row scaled to its max")
