@@ -163,7 +163,7 @@ def compare_attributions(
     forward_func: Callable | None = None,
     attention_layers=None,
     extractor: Callable | None = None,
-    flow_method: str = "auto",
+    flow_solver: str = "auto",
 ) -> dict[str, Tensor]:
     r"""Run attention methods and Captum baselines on the same inputs; one score per token each.
 
@@ -207,7 +207,7 @@ def compare_attributions(
         forward_func: a function ``f(input_ids, *additional_forward_args)`` to call instead of
             ``model`` (its output, or its ``logits`` field, must be a tensor).
         attention_layers, extractor: passed to the attention methods (see the recorder).
-        flow_method: the max-flow solver of :class:`~captum_attnflow.attr.AttentionFlow`.
+        flow_solver: the max-flow solver of :class:`~captum_attnflow.attr.AttentionFlow`.
 
     Returns:
         ``{name: Tensor (batch, n)}`` in the order of ``methods``, every tensor detached, float,
@@ -272,7 +272,7 @@ def compare_attributions(
             method = GradientWeightedRollout(forward, attention_layers=attention_layers, extractor=extractor)
             scores = method.attribute(input_ids, target=target, additional_forward_args=additional_forward_args, **options)
         elif name in ATTENTION_METHODS:
-            kwargs = {"method": flow_method} if name == "flow" else {}
+            kwargs = {"method": flow_solver} if name == "flow" else {}
             method = ATTENTION_METHODS[name](forward, attention_layers=attention_layers, extractor=extractor, **kwargs)
             scores = method.attribute_recorded(attentions, mask, **options)
         else:

@@ -8,17 +8,17 @@ from torch import nn
 METHODS: tuple[str, ...] = ("raw", "rollout", "flow")
 
 
-def attention_methods(model: nn.Module, *, flow_method: str = "auto") -> dict:
+def attention_methods(model: nn.Module, *, flow_solver: str = "auto") -> dict:
     """``{"raw": RawAttention, "rollout": AttentionRollout, "flow": AttentionFlow}`` for ``model``.
 
     Args:
         model: the model whose attention modules the methods record (discovered automatically).
-        flow_method: the exact max-flow solver of :class:`~captum_attnflow.attr.AttentionFlow`.
+        flow_solver: the exact max-flow solver of :class:`~captum_attnflow.attr.AttentionFlow`.
     """
     from captum_attnflow.attr import AttentionFlow, AttentionRollout, RawAttention
 
     return {
         "raw": RawAttention(model),
         "rollout": AttentionRollout(model),
-        "flow": AttentionFlow(model, method=flow_method),
+        "flow": AttentionFlow(model, method=flow_solver),
     }

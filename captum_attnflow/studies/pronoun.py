@@ -156,7 +156,7 @@ def run_pronoun_study(
     batch_size: int = 16,
     max_length: int = 64,
     on_overflow: str = "warn",
-    flow_method: str = "auto",
+    flow_solver: str = "auto",
     log: Callable[[str], None] = print,
 ) -> PronounResult:
     """Next-pronoun probabilities and raw/rollout/flow weights on the two referents, per layer.
@@ -176,7 +176,7 @@ def run_pronoun_study(
         max_length: tokens per sentence; longer ones follow ``on_overflow``.
         on_overflow: ``"warn"``, ``"truncate"`` or ``"error"``
             (:func:`~captum_attnflow.studies.text.encode_texts`).
-        flow_method: max-flow solver.
+        flow_solver: max-flow solver.
         log: progress messages.
     """
     from captum_attnflow.capture import AttentionRecorder
@@ -193,7 +193,7 @@ def run_pronoun_study(
                 f"the tokenizer splits {pronoun!r} into {len(ids)} tokens; the study needs one token per pronoun."
             )
         pronoun_ids.append(ids[0])
-    classes = attention_methods(model, flow_method=flow_method)
+    classes = attention_methods(model, flow_solver=flow_solver)
     probabilities, tokens = [], []
     weights = {name: [] for name in METHODS}
     relevance = {name: [] for name in METHODS}
@@ -296,7 +296,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=64, help="tokens per sentence (default 64)")
     parser.add_argument("--on-overflow", choices=("warn", "error", "truncate"), default="warn",
                         help="what to do with a sentence longer than --max-length (default: truncate with a warning)")
-    parser.add_argument("--flow-method", default="auto", help="max-flow solver (default auto)")
+    parser.add_argument("--flow-solver", default="auto", help="max-flow solver (default auto)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
@@ -315,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{model.config.model_type} decoder, {num_layers} layers, {model.config.num_attention_heads} query heads, "
           f"{model.config.num_key_value_heads} key/value heads; {len(examples)} templated sentences")
     options = dict(prefix=args.prefix, max_length=args.max_length, on_overflow=args.on_overflow,
-                   flow_method=args.flow_method)
+                   flow_solver=args.flow_solver)
     result = run_pronoun_study(model, tokenizer, examples, **options)
     summary = agreement_summary(result)
     layers = sorted({1, *range(5, num_layers + 1, 5), num_layers})

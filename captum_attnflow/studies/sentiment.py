@@ -74,13 +74,13 @@ class SentimentResult:
     predictions: list[int] = field(default_factory=list)
 
 
-def attention_relevance(model, encoded, *, flow_method: str = "auto") -> dict[tuple[str, str], torch.Tensor]:
+def attention_relevance(model, encoded, *, flow_solver: str = "auto") -> dict[tuple[str, str], torch.Tensor]:
     """Raw/rollout/flow relevance per token at every layer, in both views, from one forward pass.
 
     Args:
         model: a Hugging Face encoder classifier with eager or SDPA attention.
         encoded: ``{"input_ids", "attention_mask"}`` of shape ``(batch, n)``.
-        flow_method: max-flow solver for :class:`~captum_attnflow.attr.AttentionFlow`.
+        flow_solver: max-flow solver for :class:`~captum_attnflow.attr.AttentionFlow`.
 
     Returns:
         ``(view, method)`` -> ``(batch, L, n)`` relevance (padded tokens 0).
@@ -90,7 +90,7 @@ def attention_relevance(model, encoded, *, flow_method: str = "auto") -> dict[tu
     with torch.no_grad(), AttentionRecorder(model, head_fusion="mean") as recorder:
         model(**encoded)
     attentions, mask = recorder.attentions, recorder.mask
-    classes = attention_methods(model, flow_method=flow_method)
+    classes = attention_methods(model, flow_solver=flow_solver)
     out = {}
     for view, position in VIEWS.items():
         for name in METHODS:
@@ -129,7 +129,7 @@ def run_protocol(
     max_length: int = 128,
     on_overflow: str = "warn",
     batch_size: int = 16,
-    flow_method: str = "auto",
+    flow_solver: str = "auto",
     log: Callable[[str], None] = print,
 ) -> SentimentResult:
     """The Table 3 protocol on ``texts``: relevance, references and per-sentence Spearman ρ.
@@ -145,7 +145,7 @@ def run_protocol(
             (``"truncate"``) or rejected (``"error"``); see
             :func:`~captum_attnflow.studies.text.encode_texts`.
         batch_size: sentences per forward pass.
-        flow_method: max-flow solver.
+        flow_solver: max-flow solver.
         log: progress messages.
     """
     from captum_attnflow.metrics import layer_correlations
@@ -163,7 +163,7 @@ def run_protocol(
         encoded = {key: encoded[key] for key in ("input_ids", "attention_mask")}
         with torch.no_grad():
             predicted = model(**encoded).logits.argmax(-1)
-        relevance = attention_relevance(model, encoded, flow_method=flow_method)
+        relevance = attention_relevance(model, encoded, flow_solver=flow_solver)
         references = reference_relevance(model, encoded, predicted, tokenizer.unk_token_id)
         mask = encoded["attention_mask"].bool()
         rho = {}
@@ -262,7 +262,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-overflow", choices=("warn", "error", "truncate"), default="warn",
                         help="what to do with a sentence longer than --max-length (default: truncate with a warning)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the fine-tuning (default 0)")
-    parser.add_argument("--flow-method", default="auto", help="max-flow solver (default auto)")
+    parser.add_argument("--flow-solver", default="auto", help="max-flow solver (default auto)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     texts = [snippet.text for snippet in test[: args.sentences]]
     print(f"Table 3 protocol on {len(texts)} test sentences")
     result = run_protocol(model, tokenizer, texts, max_length=args.max_length, on_overflow=args.on_overflow,
-                          flow_method=args.flow_method)
+                          flow_solver=args.flow_solver)
     num_layers = model.config.num_hidden_layers
     records = summary_records(result)
     tables = format_tables(records, num_layers)
