@@ -207,7 +207,7 @@ class AttentionRecorder:
                 pre_hook = self._layer_pre_hook(layer)
                 self._handles.append(layer.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
                 self._handles.append(
-                    layer.module.register_forward_hook(self._layer_hook(layer), with_kwargs=True, always_call=True)
+                    layer.module.register_forward_hook(self._layer_hook, with_kwargs=True, always_call=True)
                 )
             # The pass hooks wrap the layer hooks, also when the model itself is a recorded layer.
             self._handles.append(
@@ -278,18 +278,15 @@ class AttentionRecorder:
 
         return hook
 
-    def _layer_hook(self, layer: AttentionLayer):
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output):
-            call = self._calls.pop()
-            if call.interceptor is not None:
-                call.interceptor.__exit__(None, None, None)
-            if output is None:  # the module raised
-                return None
-            if self._running is not None:  # None: the module was called outside a model call
-                self._store(call, self._weights(call, module, args, kwargs, output))
-            return None if call.mha is None else restore_mha_output(output, call.mha)
-
-        return hook
+    def _layer_hook(self, module: nn.Module, args: tuple, kwargs: dict, output):
+        call = self._calls.pop()  # pushed by this module's pre-hook, which knows the layer
+        if call.interceptor is not None:
+            call.interceptor.__exit__(None, None, None)
+        if output is None:  # the module raised
+            return None
+        if self._running is not None:  # None: the module was called outside a model call
+            self._store(call, self._weights(call, module, args, kwargs, output))
+        return None if call.mha is None else restore_mha_output(output, call.mha)
 
     # ----------------------------------------------------------------------------------------
     # Turning a call into a recorded layer
