@@ -1,4 +1,4 @@
-"""Figures of the agreement study (matplotlib, Agg backend), after the paper's Figs. 1–3.
+"""Figures of the agreement study, after the paper's Figs. 1–3.
 
 * :func:`plot_raw_maps` — Fig. 1: the head-averaged raw attention map of every layer for one
   example.
@@ -9,7 +9,9 @@
 * :func:`plot_correlations` — mean ± std of Spearman's ρ per layer for the three methods
   against blank-out and against gradients, with the paper's values dashed.
 
-Every function writes one PNG and returns its path.
+Every function writes one PNG and returns its path. As in :mod:`captum_attnflow.visualize`, the
+figures are :class:`matplotlib.figure.Figure` objects built without ``pyplot``: no display, no
+backend switch and no global figure state.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from captum_attnflow.agreement.study import METHOD_NAMES, METHODS, PAPER_REFERENCE, PAPER_TABLES, REFERENCES
 
@@ -28,26 +31,16 @@ REFERENCE_TITLES = {
 COLORS = {"raw": "tab:gray", "rollout": "tab:blue", "flow": "tab:red"}
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
     return path
 
 
 def plot_raw_maps(raw: np.ndarray, tokens: list[str], path: Path) -> Path:
     """Fig. 1. ``raw``: ``(L, n, n)`` head-averaged attention (row = query); ``tokens``: ``n`` labels."""
-    plt = _pyplot()
     num_layers = raw.shape[0]
-    fig, axes = plt.subplots(1, num_layers, figsize=(3.2 * num_layers, 3.6))
+    fig = Figure(figsize=(3.2 * num_layers, 3.6))
+    axes = fig.subplots(1, num_layers)
     for layer, ax in enumerate(np.atleast_1d(axes)):
         ax.imshow(raw[layer], cmap="viridis", vmin=0)
         ax.set_title(f"L{layer + 1}")
@@ -59,9 +52,9 @@ def plot_raw_maps(raw: np.ndarray, tokens: list[str], path: Path) -> Path:
 
 def plot_method_maps(maps: dict[str, np.ndarray], tokens: list[str], path: Path) -> Path:
     """Fig. 2. ``maps``: method -> ``(L, n, n)`` full matrices for one example."""
-    plt = _pyplot()
     num_layers = next(iter(maps.values())).shape[0]
-    fig, axes = plt.subplots(len(maps), num_layers, figsize=(2.6 * num_layers, 2.8 * len(maps)), squeeze=False)
+    fig = Figure(figsize=(2.6 * num_layers, 2.8 * len(maps)))
+    axes = fig.subplots(len(maps), num_layers, squeeze=False)
     for row, (name, values) in enumerate(maps.items()):
         for layer in range(num_layers):
             ax = axes[row, layer]
@@ -81,8 +74,8 @@ def plot_cls_scores(
 ) -> Path:
     """Fig. 3. ``cls_rows``: method -> ``(k, n)`` [CLS] rows at ``layers``; ``references``:
     reference name (:data:`~captum_attnflow.agreement.study.REFERENCES`) -> ``(n,)``."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(len(cls_rows) + 1, 1, figsize=(0.45 * len(tokens) + 2, 1.6 * (len(cls_rows) + 1) + 1))
+    fig = Figure(figsize=(0.45 * len(tokens) + 2, 1.6 * (len(cls_rows) + 1) + 1))
+    axes = fig.subplots(len(cls_rows) + 1, 1)
     for ax, (name, values) in zip(axes, cls_rows.items()):
         ax.imshow(values, cmap="viridis", aspect="auto", vmin=0)
         ax.set_yticks(range(len(layers)), [f"L{layer}" for layer in layers], fontsize=7)
@@ -99,8 +92,8 @@ def plot_cls_scores(
 
 def plot_correlations(summaries: dict[str, dict[str, dict[str, np.ndarray]]], layers: list[int], path: Path) -> Path:
     """Per-layer ρ. ``summaries``: reference -> method -> ``{"mean": (k,), "std": (k,)}``."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(REFERENCES), figsize=(5.5 * len(REFERENCES), 4), sharey=True)
+    fig = Figure(figsize=(5.5 * len(REFERENCES), 4))
+    axes = fig.subplots(1, len(REFERENCES), sharey=True)
     for ax, ref in zip(axes, REFERENCES):
         for offset, name in zip((-0.12, 0.0, 0.12), METHODS):
             summary = summaries[ref][name]
