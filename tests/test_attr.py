@@ -330,6 +330,18 @@ def test_gradient_weighted_rollout_on_multihead_attention():
     torch.testing.assert_close(got, relevance.detach(), atol=1e-6, rtol=1e-5)
 
 
+def test_gradient_weighted_rollout_rejects_attention_the_model_did_not_use(bert, batch):
+    ids, _ = batch
+    layers = [layer.attention.self for layer in bert.bert.encoder.layer]
+
+    def detached_copy(module, args, kwargs, output):
+        return output[1].detach().clone().requires_grad_()
+
+    method = GradientWeightedRollout(bert, attention_layers=layers, extractor=detached_copy)
+    with pytest.raises(ValueError, match="does not depend on the recorded attention"):
+        method.attribute(ids, target=0)
+
+
 def test_inputs_embeds_through_a_function(bert, batch):
     ids, mask = batch
     layers = [layer.attention.self for layer in bert.bert.encoder.layer]

@@ -117,7 +117,7 @@ class GradientWeightedRollout(AttentionAttribution):
 
         Raises:
             ValueError: bad ``position``/``layer``/``head``/``target``, or attention that is
-                        not connected to the output (recomputed, not used by the model).
+                        not connected to the output (recomputed or detached by an extractor).
         """
         check_head_fusion(head_fusion)
         attentions, mask, output = self.record(inputs, additional_forward_args, head_fusion=None, keep_graph=True)
@@ -141,8 +141,9 @@ class GradientWeightedRollout(AttentionAttribution):
         if unused:
             raise ValueError(
                 f"the target does not depend on the recorded attention of {unused}: the recorder "
-                f"returned weights the model did not use (e.g. recomputed from SDPA). Load the model "
-                f"with attn_implementation='eager'."
+                f"returned weights the model did not use (e.g. an extractor that recomputes or detaches "
+                f"them). Record the weights that multiply the values: the built-in adapters (eager, "
+                f"SDPA, nn.MultiheadAttention) do."
             )
         return self.attribute_recorded(
             [a.detach() for a in attentions], mask, gradients=[g.reshape(a.shape) for g, a in zip(gradients, attentions)],
