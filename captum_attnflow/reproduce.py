@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from captum_attnflow.results_md import add_option, check_directory, write_table
+
 HELP = "reproduce the paper's verb-agreement study: Tables 1-2 and Figs. 1-3 (offline, minutes)"
 
 #: sizes of the generated splits when retraining
@@ -53,6 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "captum_attnflow.maxflow.SOLVERS")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="processes computing attention flow (default 1)")
+    add_option(parser)
 
 
 def parse_layers(text: str | None, num_layers: int) -> list[int]:
@@ -83,6 +86,10 @@ def _check_arguments(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is a file; pass a folder path (it is created if missing).")
+    try:
+        check_directory(args.results_md)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     return out
 
 
@@ -186,7 +193,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     from captum_attnflow.agreement import figures
     from captum_attnflow.agreement.data import LABEL_NAMES
-    from captum_attnflow.agreement.report import TABLE_TITLES, markdown_table, summary_tables
+    from captum_attnflow.agreement.report import TABLE_FILES, TABLE_TITLES, markdown_table, summary_tables
     from captum_attnflow.agreement.study import REFERENCES
     from captum_attnflow.agreement.train import accuracy
 
@@ -236,6 +243,8 @@ def _reproduce(args: argparse.Namespace) -> int:
                            figure_names=figure_names, figure_example=figure_example)
     for ref in REFERENCES:
         print(f"\n{TABLE_TITLES[ref]}\n{markdown_table(tables, ref, layers)}")
+        write_table(args.results_md, f"reproduce_{TABLE_FILES[ref].split('_')[0]}",
+                    f"{TABLE_TITLES[ref]}\n\n{markdown_table(tables, ref, layers)}")
     print("\n" + "\n".join(f"- {note}" for note in notes))
     print(f"\n{len(examples)} examples in {timings['total']:.0f} s. Report, tables and figures: {out.resolve()}")
     return 0

@@ -36,6 +36,8 @@ import json
 import sys
 from pathlib import Path
 
+from captum_attnflow.results_md import add_option, check_directory, evaluation_table, write_table
+
 HELP = "faithfulness of raw/rollout/flow and Captum methods over a dataset (parallel, resumable)"
 EXIT_LOST = 3
 
@@ -85,6 +87,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-solver", default="auto", help="max-flow solver (default auto: the fastest exact one)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_option(parser)
 
 
 def load_agreement(path: str | None):
@@ -202,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     try:
         agreement = args.model == "agreement" or args.model.endswith(".pt")
+        check_directory(args.results_md)
         factory, data = _agreement(args) if agreement else _huggingface(args)
         executor, close = _executor(args)
     except (ValueError, OSError) as error:
@@ -230,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
 
     (out / "results.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n", encoding="utf-8")
     print(result.table)
+    write_table(args.results_md, "evaluate", evaluation_table(result.table.records))
     print(f"\n{len(result.examples)} examples evaluated, {len(result.errors)} failed, {len(result.lost)} lost; "
           f"results in {out}")
     for index, message in sorted(result.errors.items())[:10]:

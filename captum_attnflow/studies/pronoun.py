@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from captum_attnflow.results_md import add_option, check_directory, write_table
 from captum_attnflow.studies.methods import METHODS, attention_methods
 
 HELP = "Fig. 4: pronoun resolution with the real SmolLM2-135M decoder (raw/rollout/flow to the two referents)"
@@ -299,6 +300,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-solver", default="auto", help="max-flow solver (default auto)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    add_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -306,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     try:
+        check_directory(args.results_md)
         examples = templated_examples(args.sentences, args.seed)
         model, tokenizer = load_gguf_causal_lm(args.gguf, cache_dir=args.cache_dir)
     except (ImportError, FileNotFoundError, ValueError) as error:
@@ -332,6 +335,7 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pronoun.md").write_text(table + "\nThe paper's examples:\n\n" + "\n".join(lines) + "\n")
+    write_table(args.results_md, "pronoun_agreement", table + "\nThe paper's examples:\n\n" + "\n".join(lines))
     (args.out / "pronoun.json").write_text(json.dumps({
         "sentences": [example.text for example in result.examples],
         "probabilities": result.probabilities.tolist(),

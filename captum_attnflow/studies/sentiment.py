@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from captum_attnflow.results_md import add_option, check_directory, write_table
 from captum_attnflow.studies.methods import METHODS, attention_methods
 
 HELP = "Table 3: raw/rollout/flow vs input gradients and blank-out on a fine-tuned MiniLM (offline)"
@@ -265,6 +266,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-solver", default="auto", help="max-flow solver (default auto)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    add_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -275,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
     cache = args.cache_dir or default_cache_dir()
     config = FinetuneConfig(epochs=args.epochs, max_length=args.max_length, seed=args.seed, train_limit=args.train_limit)
     try:
+        check_directory(args.results_md)
         snippets = load_movie_snippets(args.data, cache)
         train, test = sentiment_split(snippets, test_fraction=config.test_fraction, seed=config.seed)
         model, tokenizer, info = load_or_finetune(train, test, config, cache)
@@ -295,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
     header = (f"MiniLM-L6 (6 layers, 12 heads) fine-tuned on {info['train_size']} movie snippets, test accuracy "
               f"{info['test_accuracy']:.3f}; {len(texts)} test sentences.\n\n")
     (args.out / "table3.md").write_text(header + tables)
+    write_table(args.results_md, "sentiment_table3", header + tables)
     (args.out / "table3.json").write_text(json.dumps({"model": info, "sentences": len(texts), "records": records}, indent=2))
     if not args.no_figures:
         from captum_attnflow.studies.plots import plot_layer_correlations
