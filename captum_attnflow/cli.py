@@ -3,6 +3,11 @@
 Each command lives in its own module, which defines ``HELP`` (one line), ``configure(parser)``
 (adds its arguments; imports nothing heavy) and ``run(args) -> int`` (does the work). Register a
 new command by adding it to :data:`COMMANDS`.
+
+Conventions: bad input is reported before any work as one line on stderr
+(``captum-attnflow COMMAND: error: ...``) with exit status 2 and no traceback — argument types
+such as :func:`positive_int` reject bad counts while parsing; the commands check files, folders
+and checkpoints next.
 """
 
 from __future__ import annotations
@@ -26,8 +31,38 @@ Run `captum-attnflow COMMAND --help` for the options of a command.
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (no usage block; ``--help`` has it)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count or a size)."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a seed, or 0 meaning 'none')."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="captum-attnflow", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from captum_attnflow.cli import non_negative_int, positive_int
 from captum_attnflow.results_md import add_option, check_directory, write_table
 
 HELP = "reproduce the paper's verb-agreement study: Tables 1-2 and Figs. 1-3 (offline, minutes)"
@@ -35,9 +36,9 @@ class UsageError(ValueError):
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--examples", type=int, default=2000, metavar="N",
+    parser.add_argument("--examples", type=positive_int, default=2000, metavar="N",
                         help="number of test examples to evaluate (default 2000, as in the paper)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed choosing the N test examples; with --retrain also the data and "
                              "training seed (default 0)")
     parser.add_argument("--out", default="attnflow-output/reproduce", metavar="DIR",
@@ -53,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-solver", default="auto", metavar="NAME",
                         help="max-flow solver for attention flow: 'auto' (fastest exact) or a name in "
                              "captum_attnflow.maxflow.SOLVERS")
-    parser.add_argument("--workers", type=int, default=1, metavar="N",
+    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
                         help="processes computing attention flow (default 1)")
     add_option(parser)
 
@@ -75,19 +76,21 @@ def parse_layers(text: str | None, num_layers: int) -> list[int]:
 
 
 def _check_arguments(args: argparse.Namespace) -> Path:
+    """Everything that can be checked before loading or training: solver, output folders."""
+    from captum_attnflow.files import writable_directory
     from captum_attnflow.maxflow import SOLVERS
 
-    if args.examples < 1:
-        raise UsageError(f"--examples must be at least 1; got {args.examples}.")
-    if args.workers < 1:
-        raise UsageError(f"--workers must be at least 1; got {args.workers}.")
     if args.flow_solver not in ("auto", *SOLVERS):
         raise UsageError(f"--flow-solver {args.flow_solver!r} is unknown; choose one of {('auto', *SOLVERS)}.")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is a file; pass a folder path (it is created if missing).")
     try:
+        out = writable_directory(args.out, "--out")
         check_directory(args.results_md)
+        if args.results_md is not None:
+            writable_directory(args.results_md, "--results-md")
+        if args.retrain and args.checkpoint:
+            if Path(args.checkpoint).is_dir():
+                raise ValueError(f"--checkpoint {args.checkpoint} is a folder; pass the file to save the model to.")
+            writable_directory(Path(args.checkpoint).parent, "--checkpoint's folder")
     except ValueError as error:
         raise UsageError(str(error)) from None
     return out
@@ -96,12 +99,15 @@ def _check_arguments(args: argparse.Namespace) -> Path:
 def _load_or_train(args: argparse.Namespace, out: Path):
     """-> (model, metadata, splits, checkpoint path, training seconds or None)."""
     from captum_attnflow.agreement.data import generate_splits
-    from captum_attnflow.agreement.model import load_checkpoint, save_checkpoint, shipped_checkpoint_path
+    from captum_attnflow.agreement.model import (
+        check_metadata, load_checkpoint, save_checkpoint, shipped_checkpoint_path,
+    )
     from captum_attnflow.agreement.train import TrainingConfig, accuracy, train_model
 
     if not args.retrain:
         path = Path(args.checkpoint) if args.checkpoint else shipped_checkpoint_path()
         model, metadata = load_checkpoint(path)
+        check_metadata(metadata, path)
         splits = generate_splits(metadata["data_seed"], **metadata["data_sizes"])
         return model, metadata, splits, path, None
     if args.examples > DATA_SIZES["test"]:
@@ -170,7 +176,7 @@ def _write_outputs(out: Path, *, result, tables: dict, setup: dict, summary: dic
                    figure_example: str) -> list[str]:
     """Write CSV/JSON tables and the Markdown/HTML report; return the report's notes."""
     from captum_attnflow.agreement.report import (
-        TABLE_FILES, comparison_notes, html_report, markdown_report, write_csv, write_json,
+        TABLE_FILES, comparison_notes, markdown_report, write_csv, write_json,
     )
     from captum_attnflow.agreement.study import REFERENCES, gradient_diagnostics
 
@@ -184,7 +190,10 @@ def _write_outputs(out: Path, *, result, tables: dict, setup: dict, summary: dic
                              timings=summary["timings_seconds"], figures=figure_names, example=figure_example,
                              notes=notes)
     (out / "report.md").write_text(report)
-    (out / "report.html").write_text(html_report(report))
+    from captum_attnflow.report import sources, write_report
+
+    write_report(out / "report.html", "Attention flow reproduction: verb-number agreement", report, image_dir=out,
+                 explorer=sources.agreement_explorer(result))
     return notes
 
 
@@ -204,7 +213,6 @@ def _reproduce(args: argparse.Namespace) -> int:
     layers = parse_layers(args.layers, model.config.layers)
     if args.examples > len(splits.test):
         raise UsageError(f"--examples {args.examples} exceeds the test split of {len(splits.test)} examples.")
-    out.mkdir(parents=True, exist_ok=True)
     timings = {} if training_seconds is None else {"training": training_seconds}
 
     tick = time.perf_counter()

@@ -249,19 +249,63 @@ def test_scores_and_metrics_match_independent_computation(classifier, serial):
     for layer in range(3):
         rho = stats.spearmanr(record["scores"]["rollout"][layer], blank).statistic
         assert metrics["spearman_blank_out"][layer] == pytest.approx(rho, abs=1e-9)
-    # AOPC of rollout at the last layer, by hand: rank tokens 1..n-2, blank the top ceil(f*m)
-    scores = np.array(record["scores"]["rollout"][2])
+    # AOPC of rollout at the last layer by hand, ERASER protocol: bins 1..50 %, predicted class
+    predicted = int(model(input_ids=ids).logits.argmax(-1))
+    assert record["aopc_class"] == predicted == record["prediction"]
+    comprehensiveness, sufficiency = aopc_by_hand(model, ids, record["scores"]["rollout"][2],
+                                                  (0.01, 0.05, 0.1, 0.2, 0.5), predicted)
+    assert metrics["aopc_comprehensiveness"][2] == pytest.approx(comprehensiveness, abs=1e-6)
+    assert metrics["aopc_sufficiency"][2] == pytest.approx(sufficiency, abs=1e-6)
+
+
+def aopc_by_hand(model, ids, scores, fractions, cls):
+    """(comprehensiveness, sufficiency): rank tokens 1..n-2, blank the top ceil(f*m), track p(cls)."""
+    n = ids.shape[1]
+
+    def prob(x):
+        with torch.no_grad():
+            return model(input_ids=x).logits.softmax(-1)[0, cls].item()
+
+    p = prob(ids)
+    scores = np.asarray(scores)
     order = sorted(range(1, n - 1), key=lambda j: (-scores[j], j))
     comprehensiveness, sufficiency = [], []
-    for f in (0.1, 0.2, 0.3, 0.4, 0.5):
-        top = order[: int(np.ceil(f * (n - 2) - 1e-9))]
+    for f in fractions:
+        top = order[: max(1, int(np.ceil(f * (n - 2) - 1e-9)))]
         deleted, kept = ids.clone(), ids.clone()
         deleted[0, top] = UNK
         kept[0, [j for j in range(1, n - 1) if j not in top]] = UNK
         comprehensiveness.append(p - prob(deleted))
         sufficiency.append(p - prob(kept))
-    assert metrics["aopc_comprehensiveness"][2] == pytest.approx(np.mean(comprehensiveness), abs=1e-6)
-    assert metrics["aopc_sufficiency"][2] == pytest.approx(np.mean(sufficiency), abs=1e-6)
+    return np.mean(comprehensiveness), np.mean(sufficiency)
+
+
+def test_aopc_protocol_is_eraser_by_default_and_recorded(classifier, serial, tmp_path):
+    """ERASER (bins 1-50 %, predicted class) by default; the earlier protocol (0.1..0.5, label)
+    on request; each run names its protocol in config.json, results.json and the table."""
+    data = make_data(10)
+    disagree = [r for r in serial.examples if r["prediction"] != r["target"]]
+    assert disagree, "need an example whose label is not the prediction"
+    old = evaluate(classifier, data, "rollout", fractions=(0.1, 0.2, 0.3, 0.4, 0.5), aopc_target="label",
+                   out=tmp_path / "old", **SETTINGS)
+    for record in old.examples:
+        ids = torch.tensor([data[record["index"]]["input_ids"]])
+        scores = read_examples(tmp_path / "old")[record["index"]]["scores"]["rollout"][2]
+        expected = aopc_by_hand(classifier.model, ids, scores, (0.1, 0.2, 0.3, 0.4, 0.5), record["label"])
+        assert record["aopc_class"] == record["label"]
+        np.testing.assert_allclose([record["metrics"]["rollout"]["aopc_comprehensiveness"][2],
+                                    record["metrics"]["rollout"]["aopc_sufficiency"][2]], expected, atol=1e-6)
+    index = disagree[0]["index"]
+    assert old.examples[index]["metrics"]["rollout"]["aopc_comprehensiveness"] != \
+        serial.examples[index]["metrics"]["rollout"]["aopc_comprehensiveness"]
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    assert config["aopc_protocol"] == "custom" and config["aopc_target"] == "label"
+    summary = json.loads((tmp_path / "old" / "results.json").read_text())
+    assert summary["aopc_protocol"]["name"] == "custom"
+    assert str(old.table).startswith("AOPC protocol custom (not the ERASER protocol")
+    assert str(serial.table).startswith("AOPC protocol ERASER (DeYoung et al. 2020): top 1, 5, 10, 20, 50 %")
+    with pytest.raises(ValueError, match="unknown aopc_target 'gold'"):
+        evaluate(classifier, data, "raw", aopc_target="gold", **SETTINGS)
 
 
 def test_captum_methods_of_every_kind(classifier, serial):
@@ -354,10 +398,75 @@ def test_resume_after_a_cut_short_file(classifier, serial, tmp_path):
     assert [e["metrics"] for e in resumed.examples] == [e["metrics"] for e in read_examples(partial)]
     assert_same_records(serial.examples, read_examples(partial))
     assert len((partial / "examples.jsonl").read_text().splitlines()) == 10
-    with pytest.raises(ValueError, match="already holds results.*resume"):
+    with pytest.raises(ValueError, match="already holds the results of another run.*resume"):
         evaluate(classifier, make_data(10), "raw,rollout,flow,ig,occlusion", out=partial, **SETTINGS)
     with pytest.raises(ValueError, match="other settings.*methods"):
         evaluate(classifier, make_data(10), "raw", out=partial, resume=True, **SETTINGS)
+
+
+def test_resume_refuses_another_model_or_other_data_in_one_line(classifier, tmp_path):
+    data = make_data(4)
+    evaluate(classifier, data, "raw", out=tmp_path, **SETTINGS)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["data_examples"] == 4 and len(config["data_sha256"]) == len(config["model_sha256"]) == 64
+    changed = [dict(e) for e in data]
+    changed[2]["input_ids"] = changed[2]["input_ids"][:-2] + [SEP]
+    for other, wanted in ((changed, "the data differs"), (data[:3], "the data differs \\(4 examples"),
+                          (iter(data + make_data(1, seed=5)), "the data differs")):
+        with pytest.raises(ValueError, match=wanted) as error:
+            evaluate(classifier, other, "raw", out=tmp_path, resume=True, **SETTINGS)
+        assert "\n" not in str(error.value) and "model differs" not in str(error.value)
+    with pytest.raises(ValueError, match="the model differs \\(weights sha256") as error:
+        evaluate(HFClassifier(tiny_bert(seed=1)), data, "raw", out=tmp_path, resume=True, **SETTINGS)
+    assert "data differs" not in str(error.value)
+    resumed = evaluate(classifier, iter(data), "raw", out=tmp_path, resume=True, **SETTINGS)  # same: accepted
+    assert [e["index"] for e in resumed.examples] == [0, 1, 2, 3]
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_output_directory_is_locked_while_a_run_writes(classifier, tmp_path):
+    from captum_attnflow.files import DirectoryLock, LockedError
+
+    data = make_data(2)
+    with DirectoryLock(tmp_path):  # a live run (this process) holds it
+        with pytest.raises(LockedError, match=f"in use by process {os.getpid()}"):
+            evaluate(classifier, data, "raw", out=tmp_path, **SETTINGS)
+    (tmp_path / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": "elsewhere", "started": "x"}))
+    with pytest.raises(LockedError, match="process .* on elsewhere .*delete .*lock"):
+        evaluate(classifier, data, "raw", out=tmp_path, **SETTINGS)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that is no longer running: the lock of a killed run
+    import socket
+
+    (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "x"}))
+    with pytest.warns(UserWarning, match=f"took over the stale lock .*process {dead.pid}"):
+        result = evaluate(classifier, data, "raw", out=tmp_path, **SETTINGS)
+    assert len(result.examples) == 2 and not (tmp_path / ".lock").exists()
+
+
+def test_unwritable_out_and_bad_counts_fail_before_any_model_pass(classifier, tmp_path):
+    class Counting(HFClassifier):
+        calls = 0
+
+        def probabilities(self, *args):
+            Counting.calls += 1
+            return super().probabilities(*args)
+
+    counting = Counting(tiny_bert())
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="out .*file/run cannot be written"):
+        evaluate(counting, make_data(3), "raw", out=tmp_path / "file" / "run", **SETTINGS)
+    for bad, message in ((dict(resamples=0), "resamples must be a positive integer"),
+                         (dict(seed=-1), "seed must be a non-negative integer"),
+                         (dict(max_length=0), "max_length must be a positive integer"),
+                         (dict(max_length=17), "exceeds the model's maximum of 16"),
+                         (dict(max_in_flight=0), "max_in_flight must be a positive integer"),
+                         (dict(confidence=1.5), "confidence must be in")):
+        with pytest.raises(ValueError, match=message):
+            evaluate(counting, make_data(3), "raw", **{**SETTINGS, **bad})
+    with pytest.raises(ValueError, match="data is empty"):
+        evaluate(counting, [], "raw", **SETTINGS)
+    assert Counting.calls == 0
 
 
 def test_store_rejects_corruption_before_the_last_line(tmp_path):
@@ -404,7 +513,10 @@ def test_cli_resumes_a_killed_run(hf_model_dir, tmp_path):
     process.wait()
     done_before = stream.read_text().count("\n")
     assert 3 <= done_before < 40, "the run was not interrupted mid-way"
-    assert main(command[3:] + ["--resume"]) == 0
+    assert (out / ".lock").exists()  # left by the killed run: taken over, not blocking
+    with pytest.warns(UserWarning, match=f"took over the stale lock .*process {process.pid} .*no longer running"):
+        assert main(command[3:] + ["--resume"]) == 0
+    assert not (out / ".lock").exists()
     records = [json.loads(line) for line in stream.read_text().splitlines()]
     assert sorted(r["index"] for r in records) == list(range(40))  # each example exactly once
     summary = json.loads((out / "results.json").read_text())

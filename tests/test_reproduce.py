@@ -112,41 +112,96 @@ def test_reproduce_retrain_and_workers(tmp_path, monkeypatch, capsys):
     assert serial == parallel
 
 
+def run_cli(argv, capsys):
+    """(exit status, stderr) of the command line, in-process; the error must be one line."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return code, err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
         (["--examples", "31"], "exceeds the test split of 30"),
-        (["--examples", "0"], "--examples must be at least 1"),
-        (["--workers", "0"], "--workers must be at least 1"),
+        (["--examples", "0"], "--examples: must be a positive integer; got 0"),
+        (["--examples", "-5"], "--examples: must be a positive integer; got -5"),
+        (["--examples", "x"], "--examples: 'x' is not an integer"),
+        (["--workers", "0"], "--workers: must be a positive integer"),
+        (["--seed", "-1"], "--seed: must be a non-negative integer"),
         (["--layers", "0-2"], "between 1 and 3"),
         (["--layers", "a,b"], "not a list"),
         (["--flow-solver", "magic"], "'magic' is unknown"),
     ],
 )
 def test_reproduce_bad_arguments(checkpoint, tmp_path, capsys, extra, message):
-    code = main(["reproduce", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")] + extra)
-    assert code == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
+    code, err = run_cli(["reproduce", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")] + extra, capsys)
+    assert code == 2 and message in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # nothing written
 
 
 def test_reproduce_bad_out_and_checkpoint(checkpoint, tmp_path, capsys):
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
-    assert main(["reproduce", "--checkpoint", str(checkpoint), "--out", str(a_file)]) == 2
-    assert "exists and is a file" in capsys.readouterr().err
+    code, err = run_cli(["reproduce", "--checkpoint", str(checkpoint), "--out", str(a_file)], capsys)
+    assert code == 2 and "--out" in err and "is a file" in err
+    # an --out that cannot be created is found before the model is even loaded, not after the scoring
+    code, err = run_cli(["reproduce", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(a_file / "o")], capsys)
+    assert code == 2 and f"--out {a_file / 'o'} cannot be written" in err
+    code, err = run_cli(["reproduce", "--retrain", "--checkpoint", str(a_file / "x.pt"), "--out", str(tmp_path)],
+                        capsys)
+    assert code == 2 and "--checkpoint's folder" in err and "is a file" in err
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
-    assert main(["reproduce", "--checkpoint", str(broken), "--out", str(tmp_path / "o")]) == 2
-    assert "--retrain" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:
-        main(["reproduce", "--no-such-flag"])
-    assert exit_info.value.code == 2
-    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    code, err = run_cli(["reproduce", "--checkpoint", str(broken), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "--retrain" in err
+    code, err = run_cli(["reproduce", "--no-such-flag"], capsys)
+    assert code == 2 and "unrecognized arguments: --no-such-flag" in err
+
+
+def _edited(checkpoint, tmp_path, name, edit):
+    payload = torch.load(checkpoint, weights_only=True)
+    edit(payload)
+    path = tmp_path / f"{name}.pt"
+    torch.save(payload, path)
+    return path
+
+
+MISMATCHES = {
+    "heads0": (lambda p: p["config"].update(heads=0), "non-positive or non-integer sizes {'heads': 0}"),
+    "indivisible": (lambda p: p["config"].update(heads=3), "hidden 16 is not divisible by heads 3"),
+    "short": (lambda p: p["config"].update(max_tokens=8), "max_tokens 8 is shorter than the longest"),
+    "dropout": (lambda p: p["config"].update(attn_dropout=1.5), "attn_dropout 1.5 is not a probability"),
+    "unknown": (lambda p: p["config"].update(width=3), "unknown config fields ['width']"),
+    "keys": (lambda p: p["state_dict"].pop("classifier.bias"), "does not match the model architecture"),
+    "shape": (lambda p: p["state_dict"].update({"classifier.bias": torch.zeros(3)}), "does not match the model"),
+    "huge": (lambda p: p["metadata"]["data_sizes"].update(train=10**9), "more than the 100000 this code generates"),
+    "float": (lambda p: p["metadata"]["data_sizes"].update(train=1e9), "are not positive integers"),
+    "sizes": (lambda p: p["metadata"].pop("data_sizes"), "metadata data_sizes None must be"),
+    "seed": (lambda p: p["metadata"].update(data_seed=-3), "data_seed -3 is not a non-negative integer"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISMATCHES))
+def test_mismatched_checkpoints_are_one_line_errors_before_any_work(checkpoint, tmp_path, capsys, name):
+    """Loadable checkpoints that do not fit (config, weights, metadata) raised KeyError /
+    ZeroDivisionError / IndexError tracebacks, or hung generating 1e9 examples."""
+    edit, message = MISMATCHES[name]
+    path = _edited(checkpoint, tmp_path, name, edit)
+    for argv in (["reproduce", "--checkpoint", str(path), "--out", str(tmp_path / "r")],
+                 ["evaluate", "--model", str(path), "--out", str(tmp_path / "e"), "--no-progress"]):
+        code, err = run_cli(argv, capsys)
+        assert code == 2 and message in err and "--retrain" in err
+    assert not (tmp_path / "e" / "examples.jsonl").exists()
 
 
 def test_report_helpers_follow_the_numbers():
-    from captum_attnflow.agreement.report import comparison_notes, html_report, markdown_table
+    from captum_attnflow.agreement.report import comparison_notes, markdown_table
+    from captum_attnflow.report import markdown_to_html
 
     layers = [1, 2, 3, 4]
     entry = lambda means: {"mean": means, "std": [0.1] * 4, "count": [5] * 4, "undefined": [0] * 4}  # noqa: E731
@@ -161,6 +216,6 @@ def test_report_helpers_follow_the_numbers():
     markdown = markdown_table(tables, "blank_out", layers)
     assert markdown.splitlines()[2] == "| **Raw** (this run) | 0.50±0.10 | 0.10±0.10 | 0.30±0.10 | 0.20±0.10 |"
     assert markdown.splitlines()[3] == "| Raw (paper) | 0.69±0.27 | 0.10±0.43 | -0.11±0.49 | -0.09±0.52 |"
-    page = html_report("# T\n\n- a\n- b\n\n" + markdown + "\n\n![f](f.png)")
-    assert page.count("<ul>") == 1 and page.count("</ul>") == 1 and page.count("<tr>") == 7  # header + 3 methods × (ours, paper)
-    assert "<table" in page and page.index("</table>") < page.index("<img")
+    page = markdown_to_html("# T\n\n- a\n- b\n\n" + markdown)
+    assert page.count("<ul>") == 1 and page.count("</ul>") == 1 and page.count("<tr") == 7  # header + 3 methods × (ours, paper)
+    assert page.count('<tr class="paper">') == 3 and page.count('<tr class="ours">') == 3

@@ -20,11 +20,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from captum_attnflow.agreement.data import CLS, END, PAD, vocabulary
+from captum_attnflow.agreement.data import CLS, END, MAX_WORDS, PAD, vocabulary
 
 CHECKPOINT_FORMAT = 1
 #: file name of the checkpoint shipped inside the package
 CHECKPOINT_NAME = "checkpoint.pt"
+#: the longest generated input: [CLS] + the words + [END]
+MAX_INPUT_TOKENS = MAX_WORDS + 2
+#: most examples a checkpoint's data_sizes may ask to generate (train + valid + test); the
+#: shipped model used 26,000, and generating 100,000 takes a few seconds
+MAX_GENERATED_EXAMPLES = 100_000
+HINT = "rebuild it with `captum-attnflow reproduce --retrain`"
 
 
 class CheckpointError(ValueError):
@@ -132,6 +138,75 @@ def shipped_checkpoint_path() -> Path:
     return Path(str(resources.files("captum_attnflow.agreement") / CHECKPOINT_NAME))
 
 
+def _positive_int(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
+
+
+def check_model_config(config: object, path: Path) -> ModelConfig:
+    """The :class:`ModelConfig` stored in a checkpoint, validated before any model is built.
+
+    Raises:
+        CheckpointError: missing or unknown fields, non-positive sizes, ``hidden`` not divisible
+            by ``heads``, ``max_tokens`` shorter than the longest generated input, or a dropout
+            outside ``[0, 1)``.
+    """
+    where = f"checkpoint {path}"
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where} has no model config; {HINT}.")
+    fields = set(ModelConfig.__dataclass_fields__)
+    if set(config) - fields:
+        raise CheckpointError(f"{where} has unknown config fields {sorted(set(config) - fields)}; {HINT}.")
+    config = ModelConfig(**config)
+    sizes = {"layers": config.layers, "heads": config.heads, "hidden": config.hidden, "max_tokens": config.max_tokens}
+    bad = {name: value for name, value in sizes.items() if not _positive_int(value)}
+    if bad:
+        raise CheckpointError(f"{where} has non-positive or non-integer sizes {bad}; {HINT}.")
+    if config.hidden % config.heads:
+        raise CheckpointError(f"{where}: hidden {config.hidden} is not divisible by heads {config.heads}; {HINT}.")
+    if config.max_tokens < MAX_INPUT_TOKENS:
+        raise CheckpointError(
+            f"{where}: max_tokens {config.max_tokens} is shorter than the longest generated input "
+            f"({MAX_INPUT_TOKENS} tokens); {HINT}."
+        )
+    for name in ("resid_dropout", "embd_dropout", "attn_dropout"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise CheckpointError(f"{where}: {name} {value!r} is not a probability in [0, 1); {HINT}.")
+    return config
+
+
+def check_metadata(metadata: object, path: str | Path) -> dict:
+    """The metadata of a checkpoint, checked for what the commands read from it.
+
+    ``data_seed`` must be a non-negative integer and ``data_sizes`` exactly
+    ``{"train", "valid", "test"}`` positive integers adding up to at most
+    :data:`MAX_GENERATED_EXAMPLES` (the data is regenerated from them, so a huge size would hang).
+
+    Raises:
+        CheckpointError: a missing or malformed entry, named in one line with the fix.
+    """
+    where = f"checkpoint {path}"
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{where} has no metadata dictionary; {HINT}.")
+    seed = metadata.get("data_seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise CheckpointError(f"{where}: metadata data_seed {seed!r} is not a non-negative integer; {HINT}.")
+    sizes = metadata.get("data_sizes")
+    if not isinstance(sizes, dict) or set(sizes) != {"train", "valid", "test"}:
+        raise CheckpointError(
+            f"{where}: metadata data_sizes {sizes!r} must be {{'train': N, 'valid': N, 'test': N}}; {HINT}."
+        )
+    bad = {name: value for name, value in sizes.items() if not _positive_int(value)}
+    if bad:
+        raise CheckpointError(f"{where}: metadata data_sizes {bad} are not positive integers; {HINT}.")
+    if sum(sizes.values()) > MAX_GENERATED_EXAMPLES:
+        raise CheckpointError(
+            f"{where}: metadata data_sizes {sizes} add up to {sum(sizes.values())} examples, more than the "
+            f"{MAX_GENERATED_EXAMPLES} this code generates; {HINT}."
+        )
+    return metadata
+
+
 def load_checkpoint(path: str | Path) -> tuple[AgreementModel, dict]:
     """Load a checkpoint written by :func:`save_checkpoint` into a float32 model in eval mode.
 
@@ -140,10 +215,12 @@ def load_checkpoint(path: str | Path) -> tuple[AgreementModel, dict]:
 
     Raises:
         CheckpointError: the file is missing, unreadable or corrupted, was written by another
-            format version, or its vocabulary / architecture / weights do not match this code.
-            The message suggests rebuilding it with ``captum-attnflow reproduce --retrain``.
+            format version, or its vocabulary / architecture (:func:`check_model_config`) /
+            weights (names and shapes) do not match this code. One line, suggesting
+            ``captum-attnflow reproduce --retrain``. The commands, which regenerate the data from
+            the metadata, also check it with :func:`check_metadata`.
     """
-    hint = "rebuild it with `captum-attnflow reproduce --retrain`"
+    hint = HINT
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; {hint}.")
@@ -155,16 +232,24 @@ def load_checkpoint(path: str | Path) -> tuple[AgreementModel, dict]:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"checkpoint {path} has format {found!r}, expected {CHECKPOINT_FORMAT}; {hint}.")
     words = vocabulary()
-    if payload.get("vocabulary_digest") != vocabulary_digest(words):
+    if payload.get("vocabulary_digest") != vocabulary_digest(words) or payload.get("vocabulary") != words:
         raise CheckpointError(
             f"checkpoint {path} was trained on a different vocabulary than this version's generator; {hint}."
         )
+    metadata = payload.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"checkpoint {path} has metadata of type {type(metadata).__name__}, not a dict; {hint}.")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} holds no state_dict of tensors; {hint}.")
     try:
-        config = ModelConfig(**payload["config"])
+        config = check_model_config(payload.get("config"), path)
         model = AgreementModel(config, len(words))
-        model.load_state_dict({key: value.float() for key, value in payload["state_dict"].items()})
-    except (KeyError, TypeError, RuntimeError) as error:
+        model.load_state_dict({key: value.float() for key, value in state.items()})
+    except (TypeError, ValueError, RuntimeError) as error:
+        if isinstance(error, CheckpointError):
+            raise
         detail = " ".join(str(error).split())
         detail = detail if len(detail) <= 240 else detail[:240] + "..."
         raise CheckpointError(f"checkpoint {path} does not match the model architecture ({detail}); {hint}.") from None
-    return model.eval(), payload.get("metadata", {})
+    return model.eval(), metadata

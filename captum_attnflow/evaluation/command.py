@@ -5,7 +5,7 @@ methods) with blank-out and input gradients, measures AOPC comprehensiveness and
 and writes to --out DIR:
 
   examples.jsonl  one line per example, streamed (scores, metrics, or the example's error)
-  config.json     the settings (--resume checks them)
+  config.json     the settings and the identity of the model and data (--resume checks them)
   results.csv     the summary table: method, layer, metric, mean, std, 95% bootstrap CI, count
   results.json    the same table plus the numbers of finished, failed and lost examples
 
@@ -20,7 +20,12 @@ Models and data:
 Whole batches (model passes, flow, metrics) run in --workers N local processes, each loading
 the model once (default: in-process), or on a Dask cluster (--dask ADDRESS). An interrupted run
 continues with --resume; examples lost with a dead worker are listed and rerun by --resume
-(exit status 3 while any are lost).
+(exit status 3 while any are lost). --resume refuses another model (hash of its weights), other
+data (hash of the examples) or other settings; a second run into a busy --out refuses.
+
+AOPC follows the ERASER protocol by default (DeYoung et al. 2020): bins 1, 5, 10, 20, 50 % of the
+tokens and the model's predicted class; --fractions 0.1,0.2,0.3,0.4,0.5 --aopc-target label gives
+this package's earlier protocol. The protocol is printed above the table and stored in the results.
 
 Example:
   captum-attnflow evaluate --model agreement --data agreement --examples 200 \\
@@ -32,10 +37,10 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import json
 import sys
 from pathlib import Path
 
+from captum_attnflow.cli import non_negative_int, positive_int
 from captum_attnflow.results_md import add_option, check_directory, evaluation_table, write_table
 
 HELP = "faithfulness of raw/rollout/flow and Captum methods over a dataset (parallel, resumable)"
@@ -43,15 +48,29 @@ EXIT_LOST = 3
 
 
 def _ints(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers like '0,-1'") from None
 
 
-def _floats(text: str) -> list[float]:
-    return [float(part) for part in text.split(",") if part.strip()]
+def _fractions(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers like '0.1,0.2'") from None
+    if not values or any(not 0.0 < v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: each fraction must lie in (0, 1], e.g. 0.01,0.05,0.1,0.2,0.5")
+    return values
 
 
 def _position(text: str):
-    return text if text == "max" else int(text)
+    if text == "max":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a token position (an integer) nor 'max'") from None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -64,28 +83,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(default raw,rollout,flow)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--workers", type=int, default=0,
+    parser.add_argument("--workers", type=non_negative_int, default=0,
                         help="local worker processes, each loading the model once (default 0: in-process)")
     parser.add_argument("--dask", metavar="ADDRESS", help="run the batches on the Dask scheduler at ADDRESS instead")
-    parser.add_argument("--examples", type=int, help="evaluate only the first N examples")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    parser.add_argument("--batch-size", type=int, default=8, help="examples per padded batch (default 8)")
+    parser.add_argument("--examples", type=positive_int, help="evaluate only the first N examples (N >= 1)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap (default 0)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="examples per padded batch (default 8)")
     parser.add_argument("--position", type=_position, default=0,
                         help="query traced by attention methods (default 0 = [CLS]; -1 = last token; 'max')")
     parser.add_argument("--protect", type=_ints, default=[0, -1],
                         help="positions AOPC never perturbs (default 0,-1: [CLS] and [SEP]/[END])")
-    parser.add_argument("--fractions", type=_floats, default=[0.1, 0.2, 0.3, 0.4, 0.5],
-                        help="AOPC fractions of tokens (default 0.1,0.2,0.3,0.4,0.5)")
+    parser.add_argument("--fractions", type=_fractions, default=[0.01, 0.05, 0.1, 0.2, 0.5],
+                        help="AOPC fractions of the perturbable tokens (default: the ERASER bins 0.01,0.05,0.1,0.2,0.5)")
+    parser.add_argument("--aopc-target", choices=("predicted", "label"), default="predicted",
+                        help="class whose probability AOPC tracks: the model's prediction (default, as ERASER) or "
+                             "the example's label (the prediction when there is none)")
     parser.add_argument("--deletion", choices=("blank", "remove"), default="blank",
                         help="AOPC deletes a token by the blank id or by removing it (default blank)")
     parser.add_argument("--gradient-reduction", choices=("abs_sum", "l2", "sum"), default="l2",
                         help="per-token reduction of the gradient reference (default l2; abs_sum = |sum_d g_d| "
                              "as the paper's code is ~0 for LayerNorm-ed embeddings)")
-    parser.add_argument("--max-length", type=int, help="maximum tokens per example (default: the model's)")
+    parser.add_argument("--max-length", type=positive_int,
+                        help="maximum tokens per example, at most the model's (default: the model's)")
     parser.add_argument("--truncation", choices=("warn", "error"), default="warn",
                         help="too-long examples: cut with a warning, or record as failed (default warn)")
     parser.add_argument("--flow-solver", default="auto", help="max-flow solver (default auto: the fastest exact one)")
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_option(parser)
 
@@ -103,18 +126,19 @@ def load_agreement(path: str | None):
 
 def _agreement(args):
     from captum_attnflow.agreement.data import encode, generate_splits
-    from captum_attnflow.agreement.model import load_checkpoint, shipped_checkpoint_path
+    from captum_attnflow.agreement.model import check_metadata, load_checkpoint, shipped_checkpoint_path
 
     if args.data not in (None, "agreement"):
         raise ValueError(
             "the agreement model evaluates its own generated data; use --data agreement (or omit --data)."
         )
     path = None if args.model == "agreement" else args.model
-    _, metadata = load_checkpoint(shipped_checkpoint_path() if path is None else path)  # checks it early
+    checkpoint = shipped_checkpoint_path() if path is None else path
+    _, metadata = load_checkpoint(checkpoint)  # checks it early
+    check_metadata(metadata, checkpoint)
     # the test split of the data the checkpoint was trained with (never seen in training)
     test = generate_splits(metadata["data_seed"], **metadata["data_sizes"]).test
-    if args.examples is not None:
-        test = test[: args.examples]
+    test = _first(test, args.examples, f"the checkpoint's test split ({len(test)} examples)")
     return functools.partial(load_agreement, path), [(ids, e.label) for ids, e in zip(encode(test), test)]
 
 
@@ -172,11 +196,19 @@ def _huggingface(args):
     tokenizer = AutoTokenizer.from_pretrained(directory)
     label2id = AutoConfig.from_pretrained(directory).label2id or {}
     texts = _texts(data_path, {str(k): int(v) for k, v in label2id.items()})
-    if args.examples is not None:
-        texts = texts[: args.examples]
+    texts = _first(texts, args.examples, f"--data {data_path} ({len(texts)} examples)")
     # empty lines stay (recorded as failed) so that example numbers match the file's lines
     data = [(tokenizer(text, truncation=False)["input_ids"] if text.strip() else [], label) for text, label in texts]
     return functools.partial(load_huggingface, str(directory)), data
+
+
+def _first(examples: list, count: int | None, source: str) -> list:
+    """The first ``count`` examples (all with ``None``); more than there are is refused."""
+    if not examples:
+        raise ValueError(f"{source} holds no examples.")
+    if count is not None and count > len(examples):
+        raise ValueError(f"--examples {count} exceeds {source}; pass at most {len(examples)}.")
+    return examples if count is None else examples[:count]
 
 
 def _executor(args):
@@ -187,8 +219,6 @@ def _executor(args):
 
         client = Client(args.dask)
         return client.get_executor(), client.close
-    if args.workers < 0:
-        raise ValueError(f"--workers must be 0 (in-process) or a positive number of processes; got {args.workers}.")
     if args.workers:
         from captum_attnflow.evaluation.executors import process_pool
 
@@ -201,11 +231,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from captum_attnflow.evaluation.runner import evaluate
+    from captum_attnflow.files import writable_directory
 
     torch.set_num_threads(1)
     try:
         agreement = args.model == "agreement" or args.model.endswith(".pt")
         check_directory(args.results_md)
+        if args.results_md is not None:
+            writable_directory(args.results_md, "--results-md")
+        writable_directory(args.out, "--out")
         factory, data = _agreement(args) if agreement else _huggingface(args)
         executor, close = _executor(args)
     except (ValueError, OSError) as error:
@@ -214,27 +248,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = evaluate(
             factory, data, args.methods, position=args.position, gradient_reduction=args.gradient_reduction,
-            fractions=args.fractions, deletion=args.deletion, protected=args.protect, batch_size=args.batch_size,
-            truncation=args.truncation, max_length=args.max_length, executor=executor, out=args.out,
-            resume=args.resume, progress=not args.no_progress, flow_solver=args.flow_solver,
+            fractions=args.fractions, aopc_target=args.aopc_target, deletion=args.deletion, protected=args.protect,
+            batch_size=args.batch_size, truncation=args.truncation, max_length=args.max_length, executor=executor,
+            out=args.out, resume=args.resume, progress=not args.no_progress, flow_solver=args.flow_solver,
             resamples=args.resamples, seed=args.seed,
         )
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:
         close()
     out = Path(args.out)
-    result.table.to_csv(out / "results.csv")
-    summary = {
-        "finished": len(result.examples), "failed": len(result.errors), "lost": sorted(result.lost),
-        "errors": {str(k): v for k, v in result.errors.items()}, "table": result.table.records,
-    }
-    from captum_attnflow.evaluation.results import json_safe
-
-    (out / "results.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n", encoding="utf-8")
     print(result.table)
-    write_table(args.results_md, "evaluate", evaluation_table(result.table.records))
+    write_table(args.results_md, "evaluate", f"{result.table.protocol}.\n\n{evaluation_table(result.table.records)}")
     print(f"\n{len(result.examples)} examples evaluated, {len(result.errors)} failed, {len(result.lost)} lost; "
           f"results in {out}")
     for index, message in sorted(result.errors.items())[:10]:

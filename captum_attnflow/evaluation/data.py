@@ -9,7 +9,9 @@ dataset must therefore yield the same examples in the same order on every run).
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from array import array
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
@@ -137,6 +139,31 @@ def iterate_examples(data: Iterable[Any]) -> Iterator[Example]:
         )
     for index, item in enumerate(data):
         yield as_example(item, index)
+
+
+def dataset_identity(data: Iterable[Any]) -> tuple[Iterable[Any], str, int]:
+    """The content hash and size of a dataset, from one pass over its examples.
+
+    A one-shot iterator (a generator, ``iter(list)``) cannot be read twice, so it is first turned
+    into a list; lists, datasets and ``DataLoader`` objects are read once here and again by the run
+    (a ``DataLoader`` must therefore yield the same batches each time: no shuffling).
+
+    Returns:
+        ``(data, sha256, count)``: ``data`` to iterate for the run; the hex SHA-256 over every
+        example's index, label and token ids; the number of examples.
+
+    Raises:
+        TypeError, ValueError: a malformed example (see :func:`as_example`).
+    """
+    if isinstance(data, Iterator):
+        data = list(data)
+    digest = hashlib.sha256()
+    count = 0
+    for example in iterate_examples(data):
+        digest.update(f"{example.index}|{example.label}|{len(example.input_ids)}\n".encode())
+        digest.update(array("q", example.input_ids).tobytes())
+        count += 1
+    return data, digest.hexdigest(), count
 
 
 def dataset_size(data: Any) -> int | None:

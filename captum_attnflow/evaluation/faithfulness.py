@@ -10,6 +10,15 @@ those tokens kept, for several fractions ``k``:
 * sufficiency ``= mean_k [ p(y | x) - p(y | only top-k) ]`` — lower is better (those tokens alone
   are enough).
 
+The default is ERASER's protocol (DeYoung et al. 2020, "ERASER: A Benchmark to Evaluate
+Rationalized NLP Models", ACL, §4 "Faithfulness"): ``k`` runs over the bins
+``{1, 5, 10, 20, 50} %`` (:data:`ERASER_FRACTIONS`) and ``y`` is the class the model *predicts*
+for the full input ("m(x_i)_j ... for the predicted class j"); the score is the plain mean of the
+per-bin drops, as the benchmark's released scorer averages them. The fractions and the class
+(``"label"``: the example's label, as this package did before) can be changed; every run records
+its protocol (:func:`aopc_protocol`) in ``config.json``, ``results.json`` and the printed table,
+so that numbers are compared only under the same protocol.
+
 A token is deleted either by replacing it with a blank token id (``"blank"``: the length and the
 positions of the other tokens stay the same, like blank-out) or by removing it from the sequence
 (``"remove"``). Positions listed as protected (``[CLS]``, ``[SEP]``, the position read by the
@@ -19,6 +28,7 @@ classifier) are never perturbed and never counted in ``k``.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Literal, Sequence
 
 import numpy as np
@@ -26,15 +36,52 @@ import numpy as np
 Deletion = Literal["blank", "remove"]
 DELETIONS: tuple[str, ...] = ("blank", "remove")
 
-#: ERASER-style fractions of the perturbable tokens deleted / kept.
-DEFAULT_FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+#: The ERASER bins (DeYoung et al. 2020, §4 "Faithfulness"): shares of the tokens deleted / kept.
+ERASER_FRACTIONS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5)
+DEFAULT_FRACTIONS: tuple[float, ...] = ERASER_FRACTIONS
+#: The fractions this package used before it adopted the ERASER bins (``--fractions 0.1,0.2,0.3,0.4,0.5``).
+EVEN_FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+AopcTarget = Literal["predicted", "label"]
+#: The class whose probability AOPC tracks: the model's prediction (ERASER) or the example's
+#: label (the prediction when the example has none).
+AOPC_TARGETS: tuple[str, ...] = ("predicted", "label")
+
+
+def check_aopc_target(value: str) -> str:
+    """Validate the AOPC class choice (one of :data:`AOPC_TARGETS`)."""
+    if value not in AOPC_TARGETS:
+        raise ValueError(f"unknown aopc_target {value!r}; choose one of {AOPC_TARGETS} (ERASER: 'predicted').")
+    return value
+
+
+def aopc_protocol(fractions: Sequence[float], target: str) -> dict[str, object]:
+    """The AOPC protocol of a run, as recorded in its results.
+
+    Returns:
+        ``{"name": "ERASER" | "custom", "fractions": [...], "target": target,
+        "description": one line for table headers}``; ``"ERASER"`` exactly when the fractions are
+        :data:`ERASER_FRACTIONS` and the class is the predicted one.
+    """
+    fractions = [float(f) for f in fractions]
+    eraser = tuple(fractions) == ERASER_FRACTIONS and target == "predicted"
+    bins = ", ".join(f"{100 * f:g}" for f in fractions)
+    name = "ERASER" if eraser else "custom"
+    cls = "the predicted class" if target == "predicted" else "the label (else the predicted class)"
+    source = " (DeYoung et al. 2020)" if eraser else " (not the ERASER protocol: bins 1, 5, 10, 20, 50 %, predicted class)"
+    description = f"AOPC protocol {name}{source}: top {bins} % of the perturbable tokens, p of {cls}"
+    return {"name": name, "fractions": fractions, "target": target, "description": description}
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
     """Validate AOPC fractions: a non-empty sequence of numbers in ``(0, 1]``."""
+    if isinstance(fractions, (str, bytes)) or not isinstance(fractions, Sequence):
+        raise TypeError(f"fractions must be a sequence of numbers in (0, 1]; got {fractions!r}.")
+    if any(isinstance(f, bool) or not isinstance(f, numbers.Real) for f in fractions):
+        raise TypeError(f"fractions must be numbers in (0, 1]; got {list(fractions)!r}.")
     fractions = tuple(float(f) for f in fractions)
     if not fractions:
-        raise ValueError("fractions is empty; pass e.g. (0.1, 0.2, 0.3, 0.4, 0.5).")
+        raise ValueError("fractions is empty; pass e.g. the ERASER bins (0.01, 0.05, 0.1, 0.2, 0.5).")
     bad = [f for f in fractions if not 0.0 < f <= 1.0]
     if bad:
         raise ValueError(f"fractions must lie in (0, 1] (a share of the tokens); got {bad}.")

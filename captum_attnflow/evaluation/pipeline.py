@@ -3,9 +3,11 @@
 :class:`BatchRun` runs the model stage on a padded batch (forward pass with attention, the
 blank-out and gradient references from :mod:`captum_attnflow.metrics`, raw attention, rollout and
 the Captum methods), submits one flow task per example to an executor, and — when an example's
-flow arrives — computes AOPC (one forward pass over the example's deduplicated perturbed inputs)
-and Spearman's ρ against both references, and writes the example's record. Failures become
-records: ``error`` for a bad example, ``lost`` when the executor lost its task.
+flow arrives — computes AOPC (one forward pass over the example's deduplicated perturbed inputs;
+for the predicted class, or the target with ``aopc_target="label"``) and Spearman's ρ against both
+references (for the target: the label when given, else the prediction), and writes the example's
+record. Failures become records: ``error`` for a bad example, ``lost`` when the executor lost its
+task.
 
 :func:`batch_task` does all of this inside a worker that builds the model once from a factory.
 """
@@ -43,6 +45,8 @@ class _Pending:
     target: int
     prediction: int
     probability: float
+    aopc_class: int
+    aopc_probability: float
     scores: dict[str, np.ndarray]
     references: dict[str, np.ndarray]
     graph: np.ndarray | None = None
@@ -56,12 +60,12 @@ class BatchRun:
                  executor: Executor, position: Position, head_fusion: str, residual: bool,
                  gradient_reduction: str, fractions: tuple[float, ...], deletion: str,
                  protected: tuple[int, ...], truncation: str, max_length: int | None,
-                 aopc_batch_size: int, progress) -> None:
+                 aopc_batch_size: int, aopc_target: str, progress) -> None:
         self.classifier, self.methods, self.store, self.executor = classifier, methods, store, executor
         self.position, self.head_fusion, self.residual = position, head_fusion, residual
         self.gradient_reduction, self.fractions, self.deletion = gradient_reduction, fractions, deletion
         self.protected, self.truncation, self.max_length = protected, truncation, max_length
-        self.aopc_batch_size, self.progress = aopc_batch_size, progress
+        self.aopc_batch_size, self.aopc_target, self.progress = aopc_batch_size, aopc_target, progress
         self.flow = next((m for m in methods if isinstance(m, FlowMethod)), None)
         self.broken: str | None = None  # the executor refused work: the rest is lost
 
@@ -149,10 +153,14 @@ class BatchRun:
         }
         graphs = self.flow.graphs(batch, self.head_fusion) if self.flow is not None else [None] * len(items)
         chosen = probabilities.gather(1, targets[:, None])[:, 0]
+        # AOPC follows the predicted class (ERASER) or the same target as the references
+        aopc_classes = predictions if self.aopc_target == "predicted" else targets
+        aopc_chosen = probabilities.gather(1, aopc_classes[:, None])[:, 0]
         return [
             _Pending(
                 example=example, truncated=truncated, target=int(targets[b]), prediction=int(predictions[b]),
-                probability=float(chosen[b]), scores={name: scores[b] for name, scores in method_scores.items()},
+                probability=float(chosen[b]), aopc_class=int(aopc_classes[b]),
+                aopc_probability=float(aopc_chosen[b]), scores={name: scores[b] for name, scores in method_scores.items()},
                 references={name: values[b, : lengths[b]] for name, values in references.items()},
                 graph=graphs[b],
             )
@@ -216,7 +224,7 @@ class BatchRun:
             self._record(
                 index, "ok", tokens=len(item.example.input_ids), truncated=item.truncated, label=item.example.label,
                 target=item.target, prediction=item.prediction, probability=item.probability,
-                scores={**ordered, **item.references}, metrics=metrics,
+                aopc_class=item.aopc_class, aopc_probability=item.aopc_probability, scores={**ordered, **item.references}, metrics=metrics,
             )
 
     def _metrics(self, item: _Pending, scores: dict[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
@@ -233,7 +241,7 @@ class BatchRun:
                     ids, values, candidates, self.fractions, blank_id=self.classifier.blank_id, deletion=self.deletion
                 )
         unique = list(dict.fromkeys(tuple(s) for deleted, kept in curves.values() for s in deleted + kept))
-        probability = dict(zip(unique, self._probabilities(unique, item.target)))
+        probability = dict(zip(unique, self._probabilities(unique, item.aopc_class)))
         metrics: dict[str, dict[str, list[float]]] = {}
         for name, rows in scores.items():
             metrics[name] = {
@@ -242,7 +250,7 @@ class BatchRun:
             }
             for metric, curve in (("aopc_comprehensiveness", 0), ("aopc_sufficiency", 1)):
                 metrics[name][metric] = [
-                    aopc(item.probability, [probability[tuple(s)] for s in curves[name, row][curve]])
+                    aopc(item.aopc_probability, [probability[tuple(s)] for s in curves[name, row][curve]])
                     for row in range(len(rows))
                 ]
         return metrics

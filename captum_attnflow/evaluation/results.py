@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from captum_attnflow.evaluation.faithfulness import bootstrap_interval
+from captum_attnflow.files import DirectoryLock, writable_directory
 from captum_attnflow.metrics import summarize
 
 #: metric names, in table order, and what they mean
@@ -86,53 +87,86 @@ def read_examples(directory: str | Path) -> list[dict[str, Any]]:
     return [latest[i] for i in sorted(latest) if latest[i]["status"] == "ok"]
 
 
+#: config keys that identify the model and the data of a run (compared on resume)
+IDENTITY_KEYS: dict[str, str] = {"model_sha256": "model", "data_sha256": "data", "data_examples": "data"}
+
+
 class ResultStore:
     """Per-example results, kept in memory and, with a directory, streamed to ``examples.jsonl``.
 
     With a directory, the in-memory copy leaves out the per-token scores
-    (:func:`read_examples` reads them back).
+    (:func:`read_examples` reads them back), and the directory is locked
+    (:class:`~captum_attnflow.files.DirectoryLock`) until :meth:`close`.
 
     Args:
-        directory: output folder (created), or ``None`` to keep results in memory only.
-        config: the run's settings; with ``resume`` they must equal the stored ones.
+        directory: output folder (created and checked writable), or ``None`` to keep results in
+            memory only.
+        config: the run's settings, including the identity of its model (``model_sha256``) and
+            data (``data_sha256``, ``data_examples``); with ``resume`` they must equal the stored ones.
         resume: continue a run found in ``directory``.
 
     Raises:
-        ValueError: ``directory`` is a file; it already holds results and ``resume`` is False; or
-            ``resume`` finds different settings or a corrupt line before the last one.
+        ValueError: ``directory`` is a file or not writable; another run holds its lock
+            (:class:`~captum_attnflow.files.LockedError`); it already holds results and ``resume``
+            is False; or ``resume`` finds another model, other data, other settings or a corrupt
+            line before the last one.
     """
 
     def __init__(self, directory: str | Path | None, config: Mapping[str, Any], *, resume: bool = False) -> None:
         self.directory = None if directory is None else Path(directory)
         self.records: dict[int, dict[str, Any]] = {}
+        self._lock: DirectoryLock | None = None
         config = json_safe(dict(config))
         if self.directory is None:
             return
-        if self.directory.exists() and not self.directory.is_dir():
-            raise ValueError(f"out={str(self.directory)!r} is a file; pass a directory for the results.")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        examples = self.directory / EXAMPLES_FILE
-        if examples.exists() and examples.stat().st_size > 0:
-            if not resume:
-                raise ValueError(
-                    f"{self.directory} already holds results ({EXAMPLES_FILE}); pass resume=True "
-                    f"(--resume) to continue that run, or choose another output directory."
-                )
-            self._check_config(config)
-            self._load(examples)
-        (self.directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        self._stream = examples.open("a", encoding="utf-8")
+        writable_directory(self.directory, "out")
+        self._lock = DirectoryLock(self.directory)
+        self._lock.acquire()
+        try:
+            examples = self.directory / EXAMPLES_FILE
+            if examples.exists() and examples.stat().st_size > 0:
+                if not resume:
+                    raise ValueError(
+                        f"{self.directory} already holds the results of another run ({EXAMPLES_FILE}); pass "
+                        f"resume=True (--resume) to continue that run, or choose another output directory."
+                    )
+                self._check_config(config)
+                self._load(examples)
+            (self.directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            self._stream = examples.open("a", encoding="utf-8")
+        except BaseException:
+            self._lock.release()
+            raise
 
     def _check_config(self, config: dict[str, Any]) -> None:
         path = self.directory / CONFIG_FILE
-        stored = json.loads(path.read_text()) if path.exists() else {}
+        try:
+            stored = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:
+            raise ValueError(f"cannot resume {self.directory}: {path} is corrupt (not JSON).") from None
         differing = sorted(key for key in set(stored) | set(config) if stored.get(key) != config.get(key))
-        if differing:
-            details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {config.get(k)!r}" for k in differing)
-            raise ValueError(
-                f"cannot resume {self.directory}: its run used other settings ({details}). Resume "
-                f"with the same settings or choose another output directory."
+        if not differing:
+            return
+        problems = []
+        if "model_sha256" in differing:
+            problems.append(
+                f"the model differs (weights sha256 {_short(stored.get('model_sha256'))} stored, "
+                f"{_short(config.get('model_sha256'))} now)"
             )
+        if {"data_sha256", "data_examples"} & set(differing):
+            problems.append(
+                f"the data differs ({stored.get('data_examples')} examples with sha256 "
+                f"{_short(stored.get('data_sha256'))} stored, {config.get('data_examples')} with "
+                f"{_short(config.get('data_sha256'))} now)"
+            )
+        settings = [k for k in differing if k not in IDENTITY_KEYS]
+        if settings:
+            details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {config.get(k)!r}" for k in settings)
+            problems.append(f"its run used other settings ({details})")
+        raise ValueError(
+            f"cannot resume {self.directory}: {'; '.join(problems)}. Resume with the same model, data and "
+            f"settings, or choose another output directory."
+        )
 
     def _load(self, path: Path) -> None:
         records, keep = _read_records(path)
@@ -158,8 +192,10 @@ class ResultStore:
             self._stream.flush()
 
     def close(self) -> None:
+        """Close the stream and release the directory's lock."""
         if self.directory is not None:
             self._stream.close()
+            self._lock.release()
 
     def by_status(self, status: str) -> list[dict[str, Any]]:
         """Records with ``status``, sorted by example index."""
@@ -172,11 +208,13 @@ class ResultTable:
     ``layer`` is 1-based for per-layer (attention) methods and ``None`` for the others; ``mean``
     and ``std`` (population) are over the examples with a defined value (``count``; Spearman's ρ is
     undefined for constant scores, counted in ``undefined``); ``ci_low``/``ci_high`` bound a
-    percentile-bootstrap interval of the mean.
+    percentile-bootstrap interval of the mean. ``protocol``: a line naming the AOPC protocol of
+    the run (printed above the table).
     """
 
-    def __init__(self, records: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(self, records: Sequence[Mapping[str, Any]], protocol: str | None = None) -> None:
         self.records = [dict(r) for r in records]
+        self.protocol = protocol
 
     @classmethod
     def from_examples(
@@ -187,6 +225,7 @@ class ResultTable:
         confidence: float = 0.95,
         resamples: int = 1000,
         seed: int = 0,
+        protocol: str | None = None,
     ) -> "ResultTable":
         """Summarise the ``metrics`` of ``ok`` example records (see :class:`ResultStore`).
 
@@ -195,6 +234,7 @@ class ResultTable:
                 value per layer row (``None`` for undefined).
             per_layer: method name -> whether its rows are layers ``1..L``.
             confidence, resamples, seed: of the bootstrap interval.
+            protocol: the AOPC protocol line (see :func:`~captum_attnflow.evaluation.faithfulness.aopc_protocol`).
         """
         rows = []
         for method, layered in per_layer.items():
@@ -214,7 +254,7 @@ class ResultTable:
                         "ci_low": low, "ci_high": high,
                         "count": int(summary.count[row]), "undefined": int(summary.undefined[row]),
                     })
-        return cls(rows)
+        return cls(rows, protocol)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -261,7 +301,11 @@ class ResultTable:
                 row = [f"{cells.get((method, c), ''):>{width}s}" for c in columns]
                 lines.append(" ".join([f"{method:{name_width}s}"] + row).rstrip())
             blocks.append("\n".join(lines))
-        return "\n\n".join(blocks)
+        return "\n\n".join(([self.protocol] if self.protocol and blocks else []) + blocks)
+
+
+def _short(digest: Any) -> str:
+    return f"{digest[:12]}..." if isinstance(digest, str) else "none"
 
 
 def _cell(record: Mapping[str, Any]) -> str:

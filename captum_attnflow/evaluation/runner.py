@@ -34,6 +34,7 @@ or batch task raised in the executor (a dead worker, a broken pool) gets ``statu
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -42,13 +43,16 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from torch import nn
 
-from captum_attnflow.evaluation.data import Example, Truncation, dataset_size, iterate_examples
+from captum_attnflow.evaluation.data import Example, Truncation, dataset_identity, iterate_examples
 from captum_attnflow.evaluation.executors import SerialExecutor
-from captum_attnflow.evaluation.faithfulness import DEFAULT_FRACTIONS, DELETIONS, Deletion, check_fractions
+from captum_attnflow.evaluation.faithfulness import (
+    DEFAULT_FRACTIONS, DELETIONS, AopcTarget, Deletion, aopc_protocol, check_aopc_target, check_fractions,
+)
 from captum_attnflow.evaluation.methods import EvaluationMethod, Position, resolve_methods
 from captum_attnflow.evaluation.models import Classifier, HFClassifier
 from captum_attnflow.evaluation.pipeline import BatchRun, batch_task, cached_classifier
-from captum_attnflow.evaluation.results import ResultStore, ResultTable
+from captum_attnflow.evaluation.results import ResultStore, ResultTable, json_safe
+from captum_attnflow.files import state_dict_sha256
 from captum_attnflow.graph import check_head_fusion
 from captum_attnflow.metrics import GradientReduction, check_gradient_reduction
 
@@ -95,6 +99,7 @@ def evaluate(
     residual: bool = True,
     gradient_reduction: GradientReduction = "l2",
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    aopc_target: AopcTarget = "predicted",
     deletion: Deletion = "blank",
     protected: Sequence[int] | None = None,
     batch_size: int = 8,
@@ -110,6 +115,7 @@ def evaluate(
     confidence: float = 0.95,
     resamples: int = 1000,
     seed: int = 0,
+    model_id: str | None = None,
 ) -> Evaluation:
     """Faithfulness of explanation methods over a dataset (Abnar & Zuidema 2020, §4, plus AOPC).
 
@@ -125,8 +131,9 @@ def evaluate(
             run in the executor, each worker building the model once (see the module docstring).
         data: an iterable of examples (dicts with ``input_ids`` and optionally ``label``, pairs
             ``(input_ids, label)``, or token-id sequences) or a ``DataLoader`` of padded batches;
-            see :mod:`captum_attnflow.evaluation.data`. The target class is the label when given,
-            else the model's prediction.
+            see :mod:`captum_attnflow.evaluation.data`. It is read once up front for its content
+            hash (a one-shot iterator is turned into a list) and must not be empty. The target
+            class of the references is the label when given, else the model's prediction.
         methods: names from :data:`~captum_attnflow.evaluation.methods.METHODS` (a list or one
             comma-separated string) and/or method objects such as ``CaptumMethod``.
         position: the query traced by attention methods (``0`` = ``[CLS]``; negative counts from
@@ -138,7 +145,11 @@ def evaluate(
             exactly 0 up to rounding for models whose embeddings reach the output only through
             LayerNorms (BERT; pre-LN GPT-2 blocks such as the agreement model), where adding a
             constant to every embedding dimension changes nothing — so its ranks are noise there.
-        fractions: AOPC shares ``k`` of the perturbable tokens, each in ``(0, 1]``.
+        fractions: AOPC shares ``k`` of the perturbable tokens, each in ``(0, 1]``; default the
+            ERASER bins ``(0.01, 0.05, 0.1, 0.2, 0.5)`` (DeYoung et al. 2020).
+        aopc_target: the class whose probability AOPC tracks: ``"predicted"`` (ERASER, default)
+            or ``"label"`` (the references' target: the label, else the prediction). The protocol
+            is recorded in ``config.json``, ``results.json`` and the table's header.
         deletion: ``"blank"`` (replace by the blank id) or ``"remove"`` (drop the token).
         protected: positions never perturbed by AOPC (negative from the end), e.g. ``(0, -1)`` for
             ``[CLS] … [SEP]``; default: ``(position,)`` (none for ``"max"``).
@@ -152,13 +163,21 @@ def evaluate(
             ``dask.distributed.Client(...).get_executor()``, ... It is not
             shut down here.
         max_in_flight: examples submitted but not yet finished (default ``4 * batch_size``).
-        out: directory for ``examples.jsonl`` (streamed) and ``config.json``; ``None`` = memory.
+        out: directory for ``examples.jsonl`` (streamed), ``config.json`` and, at the end,
+            ``results.csv`` / ``results.json``; ``None`` = memory. It is created and checked
+            writable before any model pass, and locked while the run writes into it (a second run
+            into it refuses; a lock left by a killed run is taken over with a warning). Without
+            ``resume`` an ``out`` holding another run's records is refused.
         resume: continue the run in ``out``: finished examples are skipped, lost and missing
-            ones run. The settings must match.
+            ones run. The model (hash of its weights), the data (hash of the examples) and the
+            settings must match the stored run's, else it is refused naming what differs.
         progress: show a tqdm bar.
         flow_solver: max-flow solver for flow (``"auto"``: the fastest exact one).
         aopc_batch_size: rows per forward pass when scoring perturbed inputs.
         confidence, resamples, seed: the bootstrap interval of the table.
+        model_id: the identity of the model stored with the run and compared on resume; default
+            the SHA-256 of the weights of every ``nn.Module`` attribute of the classifier (a
+            custom :class:`Classifier` without one must pass it when ``out`` is given).
 
     Returns:
         :class:`Evaluation` with the table, the ``ok`` example records, and the errors and lost
@@ -166,8 +185,9 @@ def evaluate(
 
     Raises:
         ValueError, TypeError: bad settings (unknown method — the valid names are listed —,
-            fractions, deletion, output directory, ...). Bad *examples* do not raise; they are
-            recorded as errors.
+            fractions, deletion, counts, output directory, a locked or mismatched ``out``, empty
+            data, a malformed example, ...), all before any model pass. Bad *examples* (empty, too
+            long, a label out of range) do not raise; they are recorded as errors.
     """
     from tqdm.auto import tqdm
 
@@ -191,30 +211,45 @@ def evaluate(
         raise ValueError(f"unknown deletion {deletion!r}; choose one of {DELETIONS}.")
     if position != "max" and (isinstance(position, bool) or not isinstance(position, int)):
         raise TypeError(f"position must be an integer token position or 'max'; got {position!r}.")
-    for name, value in (("batch_size", batch_size), ("aopc_batch_size", aopc_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    _check_counts(batch_size=batch_size, aopc_batch_size=aopc_batch_size, resamples=resamples,
+                  max_in_flight=max_in_flight, max_length=max_length)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}.")
+    if max_length is not None and classifier.max_length is not None and max_length > classifier.max_length:
+        raise ValueError(
+            f"max_length={max_length} exceeds the model's maximum of {classifier.max_length} tokens; pass at most "
+            f"{classifier.max_length} (or leave it unset)."
+        )
     fractions = check_fractions(fractions)
+    check_aopc_target(aopc_target)
+    protocol = aopc_protocol(fractions, aopc_target)
     if resume and out is None:
         raise ValueError("resume=True needs out=DIR, the directory of the run to continue.")
     if protected is None:
         protected = () if position == "max" else (position,)
     protected = tuple(int(p) for p in protected)
     max_length = classifier.max_length if max_length is None else max_length
+    data, data_sha256, total = dataset_identity(data)
+    if total == 0:
+        raise ValueError("data is empty: pass at least one example.")
     config = {
         "methods": [m.name for m in resolved], "position": position, "head_fusion": head_fusion,
         "residual": residual, "gradient_reduction": gradient_reduction, "fractions": list(fractions),
+        "aopc_target": aopc_target, "aopc_protocol": protocol["name"],
         "deletion": deletion, "protected": list(protected), "truncation": truncation,
         "max_length": max_length, "blank_id": classifier.blank_id, "flow_solver": flow_solver,
+        "data_sha256": data_sha256, "data_examples": total,
+        "model_sha256": (model_id or _model_identity(classifier)) if out is not None else model_id,
     }
     store = ResultStore(out, config, resume=resume)
     done = store.done()
-    total = dataset_size(data)
     bar = tqdm(total=total, initial=len(done), disable=not progress, unit="ex", desc="evaluate")
     settings = dict(
         position=position, head_fusion=head_fusion, residual=residual, gradient_reduction=gradient_reduction,
         fractions=fractions, deletion=deletion, protected=protected, truncation=truncation, max_length=max_length,
-        aopc_batch_size=aopc_batch_size,
+        aopc_batch_size=aopc_batch_size, aopc_target=aopc_target,
     )
     executor = executor or SerialExecutor()
     run = BatchRun(classifier, resolved, store, executor=executor, progress=bar, **settings)
@@ -252,15 +287,52 @@ def evaluate(
                 settle(*in_flight.popleft())
         while in_flight:
             settle(*in_flight.popleft())
+        bar.close()
+        ok = store.by_status("ok")
+        table = ResultTable.from_examples(
+            ok, {m.name: m.per_layer for m in resolved}, confidence=confidence, resamples=resamples, seed=seed,
+            protocol=protocol["description"],
+        )
+        result = Evaluation(
+            table=table, examples=ok,
+            errors={r["index"]: r["error"] for r in store.by_status("error")},
+            lost={r["index"]: r["error"] for r in store.by_status("lost")},
+        )
+        if out is not None:  # while the directory is still locked
+            _write_summary(Path(out), result, protocol)
     finally:
         bar.close()
         store.close()
-    ok = store.by_status("ok")
-    table = ResultTable.from_examples(
-        ok, {m.name: m.per_layer for m in resolved}, confidence=confidence, resamples=resamples, seed=seed
-    )
-    return Evaluation(
-        table=table, examples=ok,
-        errors={r["index"]: r["error"] for r in store.by_status("error")},
-        lost={r["index"]: r["error"] for r in store.by_status("lost")},
-    )
+    return result
+
+
+def _check_counts(**values: int | None) -> None:
+    """Each value is a positive integer (``None`` allowed for the optional ``max_*`` ones)."""
+    for name, value in values.items():
+        if value is None and name.startswith("max_"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+
+
+def _model_identity(classifier: Classifier) -> str:
+    """SHA-256 over the weights of the classifier's ``nn.Module`` attributes (see ``model_id``)."""
+    modules = {name: value for name, value in sorted(vars(classifier).items()) if isinstance(value, nn.Module)}
+    if not modules:
+        raise ValueError(
+            f"cannot identify the model of {type(classifier).__name__} (it holds no nn.Module attribute); pass "
+            f"model_id=... (e.g. a hash of its weights) so that resume=True can check it."
+        )
+    return state_dict_sha256({f"{name}.{key}": value for name, module in modules.items()
+                              for key, value in module.state_dict().items()})
+
+
+def _write_summary(out: Path, result: Evaluation, protocol: dict[str, Any]) -> None:
+    """``results.csv`` (the table) and ``results.json`` (counts, errors, AOPC protocol, table)."""
+    result.table.to_csv(out / "results.csv")
+    summary = {
+        "finished": len(result.examples), "failed": len(result.errors), "lost": sorted(result.lost),
+        "errors": {str(k): v for k, v in result.errors.items()}, "aopc_protocol": protocol,
+        "table": result.table.records,
+    }
+    (out / "results.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n", encoding="utf-8")
