@@ -8,6 +8,7 @@ the ``pip install`` that enables them; each model is loaded once per session.
 from __future__ import annotations
 
 import io
+import json
 import importlib.util
 import itertools
 import tarfile
@@ -46,6 +47,17 @@ def _tar_bytes(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def _pin(monkeypatch, sdist=None, ground_truth: str = GROUND_TRUTH):
+    """Make the synthetic files the pinned ones (the real pins name the PyPI files)."""
+    import hashlib
+
+    from captum_attnflow.files import file_sha256
+
+    monkeypatch.setattr(data, "SNIPPETS_SHA256", hashlib.sha256(ground_truth.encode("utf-8")).hexdigest())
+    if sdist is not None:
+        monkeypatch.setattr(data, "VADER_SDIST_SHA256", file_sha256(sdist))
+
+
 def _fake_sdist(path, ground_truth: str = GROUND_TRUTH):
     """A file laid out like vaderSentiment-3.3.2.tar.gz: the data archive nested inside."""
     inner = _tar_bytes({data.SNIPPETS_MEMBER: ground_truth.encode("utf-8")})
@@ -60,6 +72,9 @@ def _fake_sdist(path, ground_truth: str = GROUND_TRUTH):
 
 def test_snippets_extracted_from_the_sdist_then_read_from_the_cache(tmp_path, monkeypatch):
     sdist = _fake_sdist(tmp_path / data.VADER_SDIST)
+    with pytest.raises(ValueError, match="is not the pinned vaderSentiment-3.3.2.tar.gz: its SHA-256 is"):
+        data.load_movie_snippets(sdist, cache_dir=tmp_path / "cache")  # the real pin refuses a look-alike
+    _pin(monkeypatch, sdist)
     snippets = data.load_movie_snippets(sdist, cache_dir=tmp_path / "cache")
     assert [(s.id, s.rating, s.text, s.label) for s in snippets] == [
         (1, 2.5, "A gorgeous, witty film.", 1),
@@ -71,28 +86,73 @@ def test_snippets_extracted_from_the_sdist_then_read_from_the_cache(tmp_path, mo
     assert data.load_movie_snippets(cache_dir=tmp_path / "cache") == snippets
 
 
-def test_snippets_download_through_pip_when_nothing_is_cached(tmp_path, monkeypatch):
-    calls = []
+class FakePyPI:
+    """Serves PyPI's simple index (JSON) and one file from memory; counts the requests."""
 
-    def fake_download(directory):
-        calls.append(directory)
-        return _fake_sdist(tmp_path / data.VADER_SDIST)
+    URL = "https://files.example/vaderSentiment-3.3.2.tar.gz"
 
-    monkeypatch.setattr(data, "download_sdist", fake_download)
+    def __init__(self, content: bytes):
+        self.content, self.requests = content, []
+
+    def __call__(self, url, accept=None):
+        self.requests.append(url)
+        if url == data.VADER_INDEX_URL:
+            assert accept == "application/vnd.pypi.simple.v1+json"
+            return json.dumps({"files": [{"filename": data.VADER_SDIST, "url": self.URL}]}).encode()
+        assert url == self.URL
+        return self.content
+
+
+def test_snippets_downloaded_as_a_verified_file_when_nothing_is_cached(tmp_path, monkeypatch):
+    """The sdist is fetched as bytes (nothing from it runs: no pip, no build backend) and its
+    pinned SHA-256 is checked before it is opened; a tampered download is refused and deleted."""
+    import subprocess
+
+    good = _fake_sdist(tmp_path / data.VADER_SDIST).read_bytes()
+    _pin(monkeypatch, tmp_path / data.VADER_SDIST)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no subprocess may run"))
+    tampered = FakePyPI(good[:-1] + bytes([good[-1] ^ 1]))
+    monkeypatch.setattr(data, "fetch", tampered)
     monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "env-cache"))
+    with pytest.raises(ValueError, match="is not the pinned .*downloaded from https://files.example"):
+        data.load_movie_snippets()
+    assert not list((tmp_path / "env-cache" / "downloads").iterdir())  # nothing unverified kept
+    pypi = FakePyPI(good)
+    monkeypatch.setattr(data, "fetch", pypi)
     assert len(data.load_movie_snippets()) == 4
-    assert calls == [tmp_path / "env-cache" / "downloads"]
-    assert (tmp_path / "env-cache" / "data" / data.SNIPPETS_FILE).is_file()
+    assert pypi.requests == [data.VADER_INDEX_URL, FakePyPI.URL]
+    cached = tmp_path / "env-cache" / "data" / data.SNIPPETS_FILE
+    assert cached.is_file()
+    cached.write_text(GROUND_TRUTH.replace("witty", "dull"))  # a damaged cache is not trusted ...
+    assert data.load_movie_snippets()[0].text == "A gorgeous, witty film."  # ... but rebuilt from the download
+    assert pypi.requests == [data.VADER_INDEX_URL, FakePyPI.URL]  # the verified download was reused
 
 
-def test_snippet_errors_name_the_problem(tmp_path):
+def test_data_files_passed_by_hand_are_verified(tmp_path, monkeypatch, capsys):
+    from captum_attnflow import cli
+
+    _pin(monkeypatch)
+    good = tmp_path / "good.txt"
+    good.write_text(GROUND_TRUTH, newline="")
+    assert len(data.load_movie_snippets(good, cache_dir=tmp_path)) == 4
+    bad = tmp_path / "bad.txt"
+    bad.write_text(GROUND_TRUTH.replace("2.5", "-2.5"), newline="")
+    with pytest.raises(ValueError, match="bad.txt is not the pinned movieReviewSnippets_GroundTruth.txt"):
+        data.load_movie_snippets(bad, cache_dir=tmp_path)
+    assert cli.main(["sentiment", "--data", str(bad), "--cache-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "is not the pinned" in err and len(err.strip().splitlines()) == 1
+
+
+def test_snippet_errors_name_the_problem(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"line 2 .*3 tab-separated"):
         data.parse_snippets("1\t1.0\tgood\nbroken line\n")
     with pytest.raises(ValueError, match="line 1 .*could not convert"):
         data.parse_snippets("1\tgreat\tgood\n")
     wrong = tmp_path / "other.tar.gz"
     wrong.write_bytes(_tar_bytes({"x/README": b"nothing"}))
-    with pytest.raises(ValueError, match="does not contain .*pip download"):
+    _pin(monkeypatch, wrong)
+    with pytest.raises(ValueError, match="does not contain .*PyPI"):
         data.load_movie_snippets(wrong, cache_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         data.load_movie_snippets(tmp_path / "missing.txt", cache_dir=tmp_path)
@@ -151,7 +211,8 @@ def test_commands_report_missing_weights_with_the_fix(tmp_path, monkeypatch, cap
     from captum_attnflow import cli
 
     snippets = tmp_path / data.SNIPPETS_FILE
-    snippets.write_text(GROUND_TRUTH)
+    snippets.write_text(GROUND_TRUTH, newline="")
+    _pin(monkeypatch)
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == weights.MINILM_PACKAGE else real_find_spec(name, *a))
