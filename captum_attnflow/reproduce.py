@@ -176,7 +176,7 @@ def _write_outputs(out: Path, *, result, tables: dict, setup: dict, summary: dic
                    figure_example: str) -> list[str]:
     """Write CSV/JSON tables and the Markdown/HTML report; return the report's notes."""
     from captum_attnflow.agreement.report import (
-        TABLE_FILES, comparison_notes, html_report, markdown_report, write_csv, write_json,
+        TABLE_FILES, comparison_notes, markdown_report, write_csv, write_json,
     )
     from captum_attnflow.agreement.study import REFERENCES, gradient_diagnostics
 
@@ -190,7 +190,10 @@ def _write_outputs(out: Path, *, result, tables: dict, setup: dict, summary: dic
                              timings=summary["timings_seconds"], figures=figure_names, example=figure_example,
                              notes=notes)
     (out / "report.md").write_text(report)
-    (out / "report.html").write_text(html_report(report))
+    from captum_attnflow.report import sources, write_report
+
+    write_report(out / "report.html", "Attention flow reproduction: verb-number agreement", report, image_dir=out,
+                 explorer=sources.agreement_explorer(result))
     return notes
 
 

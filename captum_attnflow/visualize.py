@@ -16,6 +16,7 @@ needs a display and no global figure state is touched. Needs the ``plot`` extra 
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -54,6 +55,41 @@ def _scaled(values: np.ndarray) -> np.ndarray:
     """Divide by the maximum absolute value (all-zero stays zero)."""
     top = np.abs(values).max() if values.size else 0.0
     return values / top if top > 0 else values
+
+
+#: Tokenizer markers of a word start: byte-level BPE (GPT-2, Llama 3, SmolLM2) and SentencePiece.
+WORD_START_MARKERS: tuple[str, ...] = ("Ġ", "▁")
+#: WordPiece's continuation prefix (BERT).
+CONTINUATION_PREFIX = "##"
+
+
+def word_pieces(tokens: Sequence[str]) -> list[tuple[str, bool]]:
+    """Tokenizer strings as readable text: ``(text, starts_a_word)`` per token.
+
+    Byte-level BPE / SentencePiece tokens (``"Ġthe"``, ``"▁the"``) lose their marker and start a
+    word; in such a sequence a token without the marker continues the previous word unless it is
+    a special token (``<|endoftext|>``, ``<s>``) or the first token. WordPiece ``"##ing"`` becomes
+    ``"ing"`` and continues the previous word. ``Ċ`` (byte-level newline) is shown as ``↵``.
+    """
+    marked = any(str(token)[:1] in WORD_START_MARKERS for token in tokens)
+    out = []
+    for index, token in enumerate(map(str, tokens)):
+        special = (token.startswith("<") and token.endswith(">")) or (token.startswith("[") and token.endswith("]"))
+        if token.startswith(CONTINUATION_PREFIX) and len(token) > len(CONTINUATION_PREFIX):
+            text, starts = token[len(CONTINUATION_PREFIX):], False
+        elif token[:1] in WORD_START_MARKERS:
+            text, starts = token[1:], True
+        else:
+            text, starts = token, index == 0 or special or not marked
+        if index > 0 and out and out[-1][0].endswith(">") and out[-1][0].startswith("<"):
+            starts = True  # a word after a special token
+        out.append((text.replace("Ċ", "↵").replace("Ġ", " ") or token, starts))
+    return out
+
+
+def readable_tokens(tokens: Sequence[str]) -> list[str]:
+    """Token labels for figures: :func:`word_pieces` text, continuation pieces prefixed by ``"-"``."""
+    return [text if starts else f"-{text}" for text, starts in word_pieces(tokens)]
 
 
 def _check_tokens(tokens: Sequence[str], n: int, name: str = "tokens") -> None:
@@ -123,16 +159,26 @@ def text_records(
 def save_text_html(records: Sequence[visualization.VisualizationDataRecord], path: str | Path, *, legend: bool = True) -> Path:
     """Write Captum's :func:`~captum.attr.visualization.visualize_text` table to an HTML file.
 
-    ``visualize_text`` also "displays" the table; outside a notebook that would print an
-    object repr, so its standard output is swallowed here.
+    Captum inserts tokens and labels into its HTML as they are; here every token and label is
+    HTML-escaped first, so a token such as ``<img src=x onerror=...>`` is shown as text and never
+    becomes an element. ``visualize_text`` also "displays" the table; outside a notebook that
+    would print an object repr, so its standard output is swallowed here.
 
     Returns:
         The path written.
     """
+    escaped = [
+        visualization.VisualizationDataRecord(
+            record.word_attributions, record.pred_prob, html.escape(str(record.pred_class)),
+            html.escape(str(record.true_class)), html.escape(str(record.attr_class)), record.attr_score,
+            [html.escape(str(token)) for token in record.raw_input_ids], record.convergence_score,
+        )
+        for record in records
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
-        html = visualization.visualize_text(list(records), legend=legend)
+        page = visualization.visualize_text(escaped, legend=legend)
     path = Path(path)
-    path.write_text(html.data, encoding="utf-8")
+    path.write_text("<!doctype html>\n<meta charset=\"utf-8\">\n" + page.data, encoding="utf-8")
     return path
 
 

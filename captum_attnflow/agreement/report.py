@@ -1,4 +1,5 @@
-"""Tables and reports of the agreement study: Markdown, CSV, JSON and a small HTML page.
+"""Tables and reports of the agreement study: Markdown, CSV and JSON (the HTML page is
+:func:`captum_attnflow.report.write_report` of the Markdown).
 
 The tables follow the paper's layout — rows Raw / Rollout / Flow, columns L1…L6, cells
 ``mean±std`` of Spearman's ρ over examples — with each of our rows directly followed by the
@@ -8,7 +9,6 @@ paper's published row.
 from __future__ import annotations
 
 import csv
-import html
 import json
 from pathlib import Path
 
@@ -120,46 +120,6 @@ def markdown_report(
         *(f"### {title}\n\n![{title}]({name})\n" for title, name in figures.items()),
     ]
     return "\n".join(parts)
-
-
-def html_report(markdown: str) -> str:
-    """A minimal HTML rendering of :func:`markdown_report`'s output (headings, lists, tables, images)."""
-    body: list[str] = []
-    open_block = ""  # "</table>" or "</ul>" while a table or list is open
-
-    def enter(block: str, opening: str) -> None:
-        nonlocal open_block
-        if open_block != block:
-            if open_block:
-                body.append(open_block)
-            body.append(opening)
-            open_block = block
-
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            if set(line) <= {"|", "-"}:
-                continue
-            enter("</table>", "<table border='1' cellpadding='3' style='border-collapse:collapse'>")
-            cells = [html.escape(c.strip()).replace("**", "") for c in line.strip("|").split("|")]
-            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        elif line.startswith("- "):
-            enter("</ul>", "<ul>")
-            body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
-        else:
-            if open_block:
-                body.append(open_block)
-                open_block = ""
-            if line.startswith("#"):
-                level = len(line) - len(line.lstrip("#"))
-                body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-            elif line.startswith("!["):
-                alt, _, src = line[2:].partition("](")
-                body.append(f"<img alt='{html.escape(alt)}' src='{html.escape(src.rstrip(')'))}' style='max-width:100%'>")
-            elif line.strip():
-                body.append(f"<p>{html.escape(line)}</p>")
-    if open_block:
-        body.append(open_block)
-    return "<!doctype html><meta charset='utf-8'><title>Attention flow reproduction</title>\n" + "\n".join(body)
 
 
 def comparison_notes(tables: dict, layers: list[int], gradient: dict[str, float]) -> list[str]:
