@@ -1,7 +1,7 @@
 """Attention flow against an independent networkx computation.
 
 The reference here builds the graph matrices ``Â_l`` itself in numpy from the raw attention
-(mask, head mean, residual, renormalise — DESIGN.md §1, §2, §7) and solves every single-sink
+(mask, head mean, residual, renormalise — docs/design.md, items 1, 2, 7) and solves every single-sink
 problem with networkx's Boykov–Kolmogorov algorithm (the package's reference solver uses
 preflow-push), so no code is shared with the package.
 """
@@ -29,7 +29,7 @@ TOL = 1e-5
 
 
 def build_capacities(raw: np.ndarray, live: np.ndarray | None, residual: bool) -> np.ndarray:
-    """``raw`` ``(L, heads, n, n)`` -> ``Â`` ``(L, n, n)`` in float64, straight from DESIGN.md."""
+    """``raw`` ``(L, heads, n, n)`` -> ``Â`` ``(L, n, n)`` in float64, straight from docs/design.md."""
     fused = raw.astype(np.float64).mean(axis=1)
     n = fused.shape[-1]
     keep = np.ones(n) if live is None else live.astype(np.float64)
