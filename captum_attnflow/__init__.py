@@ -4,6 +4,7 @@ from captum_attnflow.attr import (
     AttentionFlow,
     AttentionRollout,
     GradientWeightedRollout,
+    LLMAttentionAttribution,
     RawAttention,
     patch_grid,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "AttentionRecorder",
     "AttentionRollout",
     "GradientWeightedRollout",
+    "LLMAttentionAttribution",
     "RawAttention",
     "patch_grid",
     "attention_flow",
