@@ -27,6 +27,9 @@ from captum.attr import visualization
 from matplotlib.figure import Figure
 from torch import Tensor
 
+#: Colour maps: sequential for non-negative scores, diverging (centred on 0) for signed ones.
+SEQUENTIAL_CMAP = "viridis"
+DIVERGING_CMAP = "RdBu_r"
 #: File suffixes :func:`save_figure` writes.
 FIGURE_FORMATS: tuple[str, ...] = (".png", ".svg", ".pdf")
 
@@ -201,7 +204,8 @@ def token_heatmap(
         example: the batch row to show.
         mask: optional ``(batch, n)`` padding mask; padded tokens are left out.
         normalize: scale each method's row by its largest absolute value, so methods with
-            different units (probabilities, gradients) share one colour scale in [-1, 1].
+            different units (probabilities, gradients) share one colour scale: [0, 1] with a
+            sequential map when no score is negative, else [-1, 1] with a diverging map.
         title: figure title.
         annotate: write each (unnormalised) value in its cell.
 
@@ -227,15 +231,18 @@ def token_heatmap(
     figure = Figure(figsize=(1.0 + 0.75 * len(keep), 0.9 + 0.5 * len(rows)), constrained_layout=True)
     axes = figure.add_subplot()
     limit = 1.0 if normalize else max(np.abs(shown).max(), 1e-12)
-    image = axes.imshow(shown, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-    axes.set_xticks(range(len(keep)), [tokens[j] for j in keep], rotation=45, ha="right")
+    signed = bool((raw < 0).any())
+    cmap, low = (DIVERGING_CMAP, -limit) if signed else (SEQUENTIAL_CMAP, 0.0)
+    image = axes.imshow(shown, cmap=cmap, vmin=low, vmax=limit, aspect="auto")
+    axes.set_xticks(range(len(keep)), readable_tokens([tokens[j] for j in keep]), rotation=45, ha="right")
     axes.set_yticks(range(len(rows)), list(scores))
     if annotate:
         for i in range(raw.shape[0]):
             for j in range(raw.shape[1]):
-                color = "white" if abs(shown[i, j]) > 0.6 * limit else "black"
-                axes.text(j, i, f"{raw[i, j]:.2g}", ha="center", va="center", fontsize=7, color=color)
-    figure.colorbar(image, ax=axes, label="score / max |score|" if normalize else "score")
+                dark = abs(shown[i, j]) > 0.6 * limit if signed else shown[i, j] < 0.55 * limit
+                axes.text(j, i, f"{raw[i, j]:.2g}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    unit = ("score / max |score|" if signed else "score / max score") if normalize else "score"
+    figure.colorbar(image, ax=axes, label=unit)
     if title:
         axes.set_title(title)
     return figure
@@ -260,7 +267,10 @@ def layer_heatmaps(
         title: figure title.
 
     Returns:
-        A :class:`~matplotlib.figure.Figure` with one panel (own colour scale) per method.
+        A :class:`~matplotlib.figure.Figure` with one panel per method and ONE colour scale
+        (and colour bar) for all panels, so that methods and layers compare: sequential from 0
+        when no score is negative, diverging around 0 otherwise. Token labels are made readable
+        (:func:`readable_tokens`).
     """
     if not per_layer:
         raise ValueError("per_layer is empty; pass {method: (batch, L, n) tensor}.")
@@ -277,16 +287,21 @@ def layer_heatmaps(
     _check_tokens(tokens, n)
     keep = _live_indices(mask, example, n)
     layers = max(panel.shape[0] for panel in panels)
+    shown = [panel[:, keep] for panel in panels]
+    high = max(float(np.abs(panel).max()) for panel in shown) or 1.0
+    signed = any(bool((panel < 0).any()) for panel in shown)
+    cmap, low = (DIVERGING_CMAP, -high) if signed else (SEQUENTIAL_CMAP, 0.0)
+    labels = readable_tokens([tokens[j] for j in keep])
     figure = Figure(
-        figsize=(len(panels) * (1.6 + 0.45 * len(keep)), 1.4 + 0.35 * layers), constrained_layout=True
+        figsize=(1.2 + len(panels) * (1.0 + 0.4 * len(keep)), 1.6 + 0.3 * layers), constrained_layout=True
     )
-    for index, (name, panel) in enumerate(zip(per_layer, panels)):
-        axes = figure.add_subplot(1, len(panels), index + 1)
-        image = axes.imshow(panel[:, keep], cmap="viridis", origin="lower", aspect="auto")
-        axes.set_xticks(range(len(keep)), [tokens[j] for j in keep], rotation=90)
+    all_axes = figure.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for axes, name, panel in zip(all_axes, per_layer, shown):
+        image = axes.imshow(panel, cmap=cmap, vmin=low, vmax=high, origin="lower", aspect="auto")
+        axes.set_xticks(range(len(keep)), labels, rotation=90)
         axes.set_yticks(range(panel.shape[0]), [f"L{l + 1}" for l in range(panel.shape[0])])
         axes.set_title(name)
-        figure.colorbar(image, ax=axes, shrink=0.8)
+    figure.colorbar(image, ax=list(all_axes), shrink=0.9, label="score (one scale for all panels)")
     if title:
         figure.suptitle(title)
     return figure
@@ -296,18 +311,21 @@ def patch_overlay(
     image,
     patch_scores,
     *,
-    alpha: float = 0.5,
-    cmap: str = "jet",
+    alpha: float = 0.55,
+    cmap: str = "inferno",
     title: str | None = None,
 ) -> Figure:
-    """ViT patch scores upsampled (bilinear) and drawn over the image.
+    """ViT patch scores upsampled (bilinear) and drawn over the image in grey.
+
+    The image is shown in grey (luminance) so that the perceptual colour map of the scores,
+    drawn with opacity ``alpha``, does not blend with the image's own colours.
 
     Args:
         image: ``(3, H, W)`` or ``(H, W, 3)`` (or ``(H, W)`` grey) tensor or array, floats in
             ``[0, 1]`` or uint8 in ``[0, 255]``.
         patch_scores: ``(h, w)`` scores of one image, e.g. ``patch_grid(scores)[0]``.
         alpha: opacity of the heat-map.
-        cmap: matplotlib colour map of the heat-map.
+        cmap: matplotlib colour map of the heat-map (a perceptual sequential map).
         title: figure title.
 
     Returns:
@@ -332,9 +350,10 @@ def patch_overlay(
     )[0, 0].numpy()
     low, high = upsampled.min(), upsampled.max()
     upsampled = (upsampled - low) / (high - low) if high > low else np.zeros_like(upsampled)
+    grey = picture if picture.ndim == 2 else picture[..., :3] @ np.array([0.299, 0.587, 0.114])
     figure = Figure(figsize=(4.4, 4), constrained_layout=True)
     axes = figure.add_subplot()
-    axes.imshow(np.clip(picture, 0, 1), cmap="gray" if picture.ndim == 2 else None)
+    axes.imshow(np.clip(grey, 0, 1), cmap="gray", vmin=0, vmax=1)
     overlay = axes.imshow(upsampled, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
     axes.axis("off")
     figure.colorbar(overlay, ax=axes, shrink=0.8, label="relative score")

@@ -105,12 +105,13 @@ def draw(
                 values = maps[name][row].numpy()
                 span = values.max() - values.min()
                 scaled = (values - values.min()) / span if span > 0 else np.zeros_like(values)
-                axis.imshow(scaled, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                overlay = axis.imshow(scaled, cmap="inferno", alpha=0.6, vmin=0, vmax=1)  # perceptual map over grey
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
                 axis.set_title(name, fontsize=9)
         axes[row][0].set_ylabel(f"label {int(labels[row])}, pred {int(predicted[row])}", fontsize=8)
+    figure.colorbar(overlay, ax=axes[:, 1:].ravel().tolist(), shrink=0.4, label="score, each map min–max scaled")
     return save_figure(figure, path, dpi=110)
 
 

@@ -85,3 +85,108 @@ def test_patch_overlay_upsamples_and_accepts_both_layouts(tmp_path):
         patch_overlay(image, torch.zeros(16))
     with pytest.raises(ValueError, match="image must be"):
         patch_overlay(torch.rand(5, 32, 32), patches)
+
+
+def test_save_text_html_escapes_tokens_and_labels(tmp_path):
+    hostile = ["<img src=x onerror=alert(1)>", "</td><script>alert(2)</script>", "a&b"]
+    records = text_records(torch.tensor([[0.5, 0.2, 0.3]]), [hostile], pred_classes=["<b>pos</b>"], attr_class="<i>flow</i>")
+    page = save_text_html(records, tmp_path / "text.html").read_text()
+    assert "<img" not in page and "<script" not in page and "<b>pos" not in page and "<i>" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "a&amp;b" in page and "&lt;i&gt;flow&lt;/i&gt;" in page
+
+
+def test_readable_tokens_join_word_pieces():
+    from captum_attnflow.visualize import readable_tokens, word_pieces
+
+    assert word_pieces(["<|endoftext|>", "The", "Ġauthor", "Ġtalk", "ed", "ĠSara", "Ċ"]) == [
+        ("<|endoftext|>", True), ("The", True), ("author", True), ("talk", True), ("ed", False), ("Sara", True),
+        ("↵", False)]
+    assert readable_tokens(["[CLS]", "a", "grip", "##ping", "film", "##"]) == ["[CLS]", "a", "grip", "-ping", "film", "##"]
+    assert readable_tokens(["▁the", "▁cat", "s"]) == ["the", "cat", "-s"]
+
+
+def test_figures_use_one_sequential_scale_for_non_negative_scores():
+    per_layer = {"raw": torch.rand(3, 4) * 0.2, "flow": torch.rand(3, 4)}
+    figure = layer_heatmaps(per_layer, ["[CLS]", "Ġthe", "Ġfilm", "s"])
+    panels = [axes for axes in figure.axes if axes.images]
+    assert panels[0].images[0].get_clim() == panels[1].images[0].get_clim() == (0.0, pytest.approx(float(per_layer["flow"].max())))
+    assert panels[0].images[0].get_clim()[0] == 0 and panels[0].images[0].get_cmap().name == "viridis"
+    assert [t.get_text() for t in panels[0].get_xticklabels()] == ["[CLS]", "the", "film", "-s"]
+    assert len(figure.axes) == 3  # two panels and ONE colour bar
+    signed = token_heatmap({"ig": torch.tensor([0.5, -1.0]), "flow": torch.tensor([0.2, 0.1])}, ["a", "b"])
+    assert signed.axes[0].images[0].get_clim() == (-1.0, 1.0) and signed.axes[0].images[0].get_cmap().name == "RdBu_r"
+    positive = token_heatmap({"flow": torch.tensor([0.2, 0.1])}, ["a", "b"])
+    assert positive.axes[0].images[0].get_clim() == (0.0, 1.0) and positive.axes[0].images[0].get_cmap().name == "viridis"
+
+
+def test_patch_overlay_draws_the_image_in_grey_under_a_perceptual_map():
+    image = torch.zeros(3, 8, 8)
+    image[0] = 1.0  # pure red
+    figure = patch_overlay(image, torch.rand(2, 2))
+    background, heat = figure.axes[0].images
+    np.testing.assert_allclose(np.asarray(background.get_array()), np.full((8, 8), 0.299))
+    assert background.get_cmap().name == "gray" and heat.get_cmap().name == "inferno" and heat.get_alpha() < 1
+
+
+def test_report_page_is_self_contained_and_escaped(tmp_path):
+    from captum_attnflow.report import ExplorerExample, ExplorerMethod, explorer_payload, markdown_to_html, render_report
+    from captum_attnflow.report.page import script_json
+
+    figure = token_heatmap({"flow": torch.tensor([0.2, 0.1])}, ["a", "b"])
+    save_figure(figure, tmp_path / "f.png")
+    page = render_report("t", "intro\n\n| a | b |\n|---|---|\n| x (paper) | 1 |\n\n![cap](f.png)", image_dir=tmp_path,
+                         explorer=([ExplorerMethod("m", "m")], [ExplorerExample("</script >", ["</script >"], {"m": [1.0]})]))
+    assert "<h1>t</h1>" in page and "data:image/png;base64," in page and '<tr class="paper">' in page
+    assert "http" not in page.replace("http-equiv", "") and "src=\"f.png\"" not in page
+    assert page.count("</script>") == 2 and "\\u003c/script \\u003e" in page  # the data cannot close its script
+    assert script_json({"t": "<&>"}) == '{"t":"\\u003c\\u0026\\u003e"}'
+    for source in ("https://example.org/x.png", "/etc/x.png", "../x.png"):
+        with pytest.raises(ValueError, match="relative file name"):
+            markdown_to_html(f"![x]({source})", tmp_path)
+    with pytest.raises(FileNotFoundError, match="write the figure"):
+        markdown_to_html("![x](missing.png)", tmp_path)
+    methods = [ExplorerMethod("m", "m", ("L1", "L2"))]
+    with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
+        explorer_payload(methods, [ExplorerExample("e", ["a", "b"], {"m": np.zeros((3, 2))})])
+    with pytest.raises(ValueError, match="no scores for method 'm'"):
+        explorer_payload(methods, [ExplorerExample("e", ["a", "b"], {})])
+    with pytest.raises(ValueError, match="NaN"):
+        explorer_payload(methods, [ExplorerExample("e", ["a", "b"], {"m": np.full((2, 2), np.nan)})])
+    many = [ExplorerExample(str(i), ["a", "b"], {"m": np.ones((2, 2))}) for i in range(5)]
+    assert [e["title"] for e in explorer_payload(methods, many, max_examples=3)["examples"]] == ["0", "1", "2"]
+
+
+def test_report_sources_carry_each_commands_scores():
+    from captum_attnflow.agreement.data import AgreementExample
+    from captum_attnflow.agreement.study import ExampleScores, StudyResult
+    from captum_attnflow.report import explorer_payload, sources
+    from captum_attnflow.studies.pronoun import PronounExample, PronounResult
+    from captum_attnflow.studies.sentiment import SentimentResult
+
+    rng = np.random.default_rng(0)
+    example = AgreementExample(("the", "keys", "to", "the", "cabinet"), 1, 1, (4,), ((1, 1), (4, 0)))
+    scores = ExampleScores(example, 0.9, {m: rng.random((2, 7)) for m in ("raw", "rollout", "flow")},
+                           {r: rng.random(7) for r in ("blank_out", "gradient", "gradient_l2")})
+    methods, examples = sources.agreement_explorer(StudyResult([2, 6], {}, [scores]))
+    payload = explorer_payload(methods, examples)
+    assert payload["methods"][2] == {"key": "flow", "label": "Flow, [CLS] row", "layers": ["L2", "L6"]}
+    assert payload["examples"][0]["scores"]["flow"][1][3] == pytest.approx(scores.methods["flow"][1, 3], rel=1e-5)
+    assert "attractors: cabinet" in payload["examples"][0]["info"]
+
+    sentiment = SentimentResult(tokens=[["[CLS]", "grip", "##ping", "[SEP]"]], predictions=[1])
+    sentiment.scores = {(v, m): [rng.random((6, 4))] for v in ("max", "cls") for m in ("raw", "rollout", "flow")}
+    sentiment.scores.update({r: [rng.random(4)] for r in ("gradient", "gradient_l2", "blank_out")})
+    payload = explorer_payload(*sources.sentiment_explorer(sentiment))
+    assert payload["examples"][0]["title"] == "gripping" and len(payload["methods"]) == 9
+    assert payload["examples"][0]["scores"]["rollout/cls"][5][2] == pytest.approx(sentiment.scores[("cls", "rollout")][0][5, 2], rel=1e-5)
+
+    pronoun = PronounResult([PronounExample("Mary thanked David for", ("Mary", "David"), ("female", "male"))],
+                            np.array([[0.2, 0.3]]), {}, tokens=[["<|endoftext|>", "Mary", "Ġthanked", "ĠDavid", "Ġfor"]],
+                            relevance={m: [rng.random((30, 5))] for m in ("raw", "rollout", "flow")})
+    payload = explorer_payload(*sources.pronoun_explorer(pronoun))
+    assert payload["methods"][0]["layers"][-1] == "L30" and payload["examples"][0]["tokens"][2] == "thanked"
+
+    record = {"index": 1, "tokens": 3, "label": 0, "aopc_class": 0, "aopc_probability": 0.8,
+              "scores": {"rollout": rng.random((6, 3)).tolist(), "ig": rng.random(3).tolist(), "blank_out": rng.random(3).tolist()}}
+    methods, examples = sources.evaluation_explorer([record], [[], [0, 5, 2, 9]], lambda ids: [f"w{i}" for i in ids])
+    assert [m.layers[-1] for m in methods] == ["L6", "all layers", "all layers"] and examples[0].tokens == ["w0", "w5", "w2"]

@@ -3,7 +3,7 @@
 * :func:`plot_raw_maps` — Fig. 1: the head-averaged raw attention map of every layer for one
   example.
 * :func:`plot_method_maps` — Fig. 2: raw attention, rollout and flow maps (all query positions)
-  across layers for one example.
+  across layers for one example, token labels on the axes.
 * :func:`plot_cls_scores` — Fig. 3: the ``[CLS]`` row of raw / rollout / flow at every layer
   (layers × tokens), with the blank-out and gradient scores of the same example underneath.
 * :func:`plot_correlations` — mean ± std of Spearman's ρ per layer for the three methods
@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from captum_attnflow.agreement.study import METHOD_NAMES, METHODS, PAPER_REFERENCE, PAPER_TABLES, REFERENCES
+from captum_attnflow.visualize import SEQUENTIAL_CMAP
 
 REFERENCE_TITLES = {
     "blank_out": "vs blank-out (Table 1)",
@@ -29,6 +30,7 @@ REFERENCE_TITLES = {
     "gradient_l2": "vs ‖grad‖₂ (Table 2b; paper: Table 2)",
 }
 COLORS = {"raw": "tab:gray", "rollout": "tab:blue", "flow": "tab:red"}
+REFERENCE_LABELS = {"blank_out": "blank-out", "gradient": "|Σ_d grad|", "gradient_l2": "‖grad‖₂"}
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -37,35 +39,45 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def plot_raw_maps(raw: np.ndarray, tokens: list[str], path: Path) -> Path:
-    """Fig. 1. ``raw``: ``(L, n, n)`` head-averaged attention (row = query); ``tokens``: ``n`` labels."""
+    """Fig. 1. ``raw``: ``(L, n, n)`` head-averaged attention (row = query); ``tokens``: ``n`` labels.
+
+    One colour scale (0 to the largest weight of any layer) and one colour bar for all layers."""
     num_layers = raw.shape[0]
-    fig = Figure(figsize=(3.2 * num_layers, 3.6))
-    axes = fig.subplots(1, num_layers)
-    for layer, ax in enumerate(np.atleast_1d(axes)):
-        ax.imshow(raw[layer], cmap="viridis", vmin=0)
+    fig = Figure(figsize=(2.6 * num_layers + 1.2, 3.6), constrained_layout=True)
+    axes = np.atleast_1d(fig.subplots(1, num_layers, sharey=True))
+    high = float(raw.max()) or 1.0
+    for layer, ax in enumerate(axes):
+        image = ax.imshow(raw[layer], cmap=SEQUENTIAL_CMAP, vmin=0, vmax=high)
         ax.set_title(f"L{layer + 1}")
-        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=6)
-        ax.set_yticks(range(len(tokens)), tokens if layer == 0 else [""] * len(tokens), fontsize=6)
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+    fig.colorbar(image, ax=list(axes), shrink=0.85, label="attention weight")
     fig.suptitle("Raw attention (mean over heads) per layer; rows = queries, columns = keys")
     return _save(fig, path)
 
 
 def plot_method_maps(maps: dict[str, np.ndarray], tokens: list[str], path: Path) -> Path:
-    """Fig. 2. ``maps``: method -> ``(L, n, n)`` full matrices for one example."""
+    """Fig. 2. ``maps``: method -> ``(L, n, n)`` full matrices for one example (row = query).
+
+    Token labels on every panel's axes; ONE colour scale (0 to the largest value of any method
+    and layer) and one colour bar for all panels, so raw attention, rollout and flow compare."""
     num_layers = next(iter(maps.values())).shape[0]
-    fig = Figure(figsize=(2.6 * num_layers, 2.8 * len(maps)))
-    axes = fig.subplots(len(maps), num_layers, squeeze=False)
+    fig = Figure(figsize=(2.5 * num_layers + 1.6, 2.7 * len(maps) + 0.8), constrained_layout=True)
+    axes = fig.subplots(len(maps), num_layers, squeeze=False, sharex=True, sharey=True)
+    high = max(float(values.max()) for values in maps.values()) or 1.0
     for row, (name, values) in enumerate(maps.items()):
         for layer in range(num_layers):
             ax = axes[row, layer]
-            ax.imshow(values[layer], cmap="viridis", vmin=0)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            image = ax.imshow(values[layer], cmap=SEQUENTIAL_CMAP, vmin=0, vmax=high)
+            ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(tokens)), tokens, fontsize=6)
+            ax.tick_params(length=1.5, pad=1)
             if row == 0:
                 ax.set_title(f"L{layer + 1}")
             if layer == 0:
-                ax.set_ylabel(METHOD_NAMES[name])
-    fig.suptitle("Raw attention vs rollout vs flow across layers: " + " ".join(tokens), fontsize=9)
+                ax.set_ylabel(f"{METHOD_NAMES[name]}\n(rows = queries)", fontsize=10)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="weight (one scale for all panels)")
+    fig.suptitle("Raw attention vs rollout vs flow across layers (columns = input tokens)")
     return _save(fig, path)
 
 
@@ -73,20 +85,25 @@ def plot_cls_scores(
     cls_rows: dict[str, np.ndarray], references: dict[str, np.ndarray], tokens: list[str], layers: list[int], path: Path
 ) -> Path:
     """Fig. 3. ``cls_rows``: method -> ``(k, n)`` [CLS] rows at ``layers``; ``references``:
-    reference name (:data:`~captum_attnflow.agreement.study.REFERENCES`) -> ``(n,)``."""
-    fig = Figure(figsize=(0.45 * len(tokens) + 2, 1.6 * (len(cls_rows) + 1) + 1))
-    axes = fig.subplots(len(cls_rows) + 1, 1)
+    reference name (:data:`~captum_attnflow.agreement.study.REFERENCES`) -> ``(n,)``.
+
+    The three methods share one colour scale and colour bar; the references (different units)
+    are each scaled to their maximum and have their own colour bar."""
+    fig = Figure(figsize=(0.5 * len(tokens) + 3, 1.5 * (len(cls_rows) + 1) + 1.2), constrained_layout=True)
+    axes = fig.subplots(len(cls_rows) + 1, 1, sharex=True)
+    high = max(float(values.max()) for values in cls_rows.values()) or 1.0
     for ax, (name, values) in zip(axes, cls_rows.items()):
-        ax.imshow(values, cmap="viridis", aspect="auto", vmin=0)
+        image = ax.imshow(values, cmap=SEQUENTIAL_CMAP, aspect="auto", vmin=0, vmax=high, origin="lower")
         ax.set_yticks(range(len(layers)), [f"L{layer}" for layer in layers], fontsize=7)
-        ax.set_xticks([])
         ax.set_title(f"{METHOD_NAMES[name]}: [CLS] → tokens", fontsize=9)
+    fig.colorbar(image, ax=list(axes[:-1]), shrink=0.9, label="score (shared scale)")
     ax = axes[-1]
     stacked = np.stack([values / max(values.max(), 1e-12) for values in references.values()])
-    ax.imshow(stacked, cmap="magma", aspect="auto", vmin=0)
-    ax.set_yticks(range(len(references)), list(references), fontsize=7)
+    image = ax.imshow(stacked, cmap="magma", aspect="auto", vmin=0, vmax=1)
+    ax.set_yticks(range(len(references)), [REFERENCE_LABELS.get(r, r) for r in references], fontsize=7)
     ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=8)
     ax.set_title("reference importance (each row scaled to max 1)", fontsize=9)
+    fig.colorbar(image, ax=ax, label="score / max")
     return _save(fig, path)
 
 

@@ -261,6 +261,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print(result.table)
     write_table(args.results_md, "evaluate", f"{result.table.protocol}.\n\n{evaluation_table(result.table.records)}")
+    from captum_attnflow.report.sources import write_evaluation_report
+    write_evaluation_report(out, data, args.model, f"{result.table.protocol}.\n\n{evaluation_table(result.table.records)}")
     print(f"\n{len(result.examples)} examples evaluated, {len(result.errors)} failed, {len(result.lost)} lost; "
           f"results in {out}")
     for index, message in sorted(result.errors.items())[:10]:

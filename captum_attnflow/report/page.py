@@ -232,10 +232,15 @@ def render_report(
     markdown: str,
     *,
     image_dir: str | Path | None = None,
+    figures: Mapping[str, str] | None = None,
     explorer: tuple[Sequence[ExplorerMethod], Sequence[ExplorerExample]] | None = None,
     max_examples: int = MAX_EXAMPLES,
 ) -> str:
     """The whole HTML page (see :func:`write_report`)."""
+    if not markdown.lstrip().startswith("# "):
+        markdown = f"# {title}\n\n{markdown}"
+    if figures:
+        markdown += "\n\n## Figures\n\n" + "\n\n".join(f"![{caption}]({name})" for caption, name in figures.items())
     body = markdown_to_html(markdown, image_dir)
     section = ""
     if explorer is not None:
@@ -261,6 +266,7 @@ def write_report(
     markdown: str,
     *,
     image_dir: str | Path | None = None,
+    figures: Mapping[str, str] | None = None,
     explorer: tuple[Sequence[ExplorerMethod], Sequence[ExplorerExample]] | None = None,
     max_examples: int = MAX_EXAMPLES,
 ) -> Path:
@@ -268,10 +274,11 @@ def write_report(
 
     Args:
         path: the ``.html`` file to write.
-        title: the page title.
+        title: the page title (also the heading when ``markdown`` does not start with one).
         markdown: the report's text (:func:`markdown_to_html`); ``![caption](file.png)`` lines
             embed the figure files found in ``image_dir``.
         image_dir: the folder holding the figures (usually the command's ``--out``).
+        figures: ``{caption: file name in image_dir}`` appended as a "Figures" section.
         explorer: ``(methods, examples)``, the explorer's menus and data
             (:mod:`captum_attnflow.report.sources`); ``None``: no explorer.
         max_examples: embed at most this many examples.
@@ -280,6 +287,6 @@ def write_report(
         The path written.
     """
     path = Path(path)
-    path.write_text(render_report(title, markdown, image_dir=image_dir, explorer=explorer,
+    path.write_text(render_report(title, markdown, image_dir=image_dir, figures=figures, explorer=explorer,
                                   max_examples=max_examples), encoding="utf-8")
     return path

@@ -363,5 +363,11 @@ def run(args: argparse.Namespace) -> int:
             args.out / "pronoun_agreement.png", ylabel="share of sentences",
             title=f"{summary['sentences']} templated sentences, SmolLM2-135M",
         )
-    print(f"wrote {args.out}/pronoun.md, pronoun.json" + ("" if args.no_figures else " and figures"))
+    from captum_attnflow.report import sources, write_report
+    figures = {f"{kind} {row + 1}": f"pronoun_{kind}{row + 1}.png" for row in range(len(paper.examples)) for kind in ("example", "layers")}
+    write_report(args.out / "report.html", "Pronoun resolution (Fig. 4) on SmolLM2-135M",
+                 table + "\nThe paper's examples:\n\n" + "\n".join(lines), image_dir=args.out,
+                 figures=None if args.no_figures else {**figures, "agreement over sentences": "pronoun_agreement.png"},
+                 explorer=sources.pronoun_explorer(result))
+    print(f"wrote {args.out}/pronoun.md, pronoun.json, report.html" + ("" if args.no_figures else " and figures"))
     return 0

@@ -318,5 +318,10 @@ def run(args: argparse.Namespace) -> int:
         figure = token_heatmap(rows, result.tokens[example][words], annotate=False,
                                title=f"predicted {label}; [CLS]/[SEP] left out, each row scaled to its max")
         save_figure(figure, args.out / "sentiment_example.png")
-    print(f"wrote {args.out}/table3.md, table3.json" + ("" if args.no_figures else " and figures"))
+    from captum_attnflow.report import sources, write_report
+    write_report(args.out / "report.html", "Sentiment: Table 3 on a fine-tuned MiniLM", header + tables, image_dir=args.out,
+                 figures=None if args.no_figures else {"Spearman ρ per layer": "sentiment_layers.png",
+                                                      "One test sentence": "sentiment_example.png"},
+                 explorer=sources.sentiment_explorer(result))
+    print(f"wrote {args.out}/table3.md, table3.json, report.html" + ("" if args.no_figures else " and figures"))
     return 0
