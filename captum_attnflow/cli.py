@@ -61,6 +61,15 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def flow_solver(text: str) -> str:
+    """argparse type: ``auto`` or a name in :data:`captum_attnflow.maxflow.SOLVERS`."""
+    from captum_attnflow.maxflow import SOLVERS
+
+    if text != "auto" and text not in SOLVERS:
+        raise argparse.ArgumentTypeError(f"{text!r} is unknown; choose one of {', '.join(('auto', *SOLVERS))}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="captum-attnflow", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter

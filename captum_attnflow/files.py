@@ -159,6 +159,22 @@ class DirectoryLock:
             return f"process {owner['pid']} (started {owner.get('started')}) is no longer running"
         return None
 
+    def check(self) -> None:
+        """Raise :class:`LockedError` now if a live run holds the lock (without taking it): lets a
+        command refuse before loading anything. :meth:`acquire` decides, atomically."""
+        if self.path.exists():
+            owner = self._owner()
+            if self._stale(owner) is None:
+                raise self._busy(owner)
+
+    def _busy(self, owner: dict | None) -> LockedError:
+        who = (f"process {owner['pid']} on {owner.get('host')} (started {owner.get('started')})"
+               if owner else "a run that is starting")
+        return LockedError(
+            f"{self.path.parent} is in use by {who}: two runs cannot write into one output directory; wait for "
+            f"it, choose another directory, or delete {self.path} if that run is dead."
+        )
+
     def acquire(self) -> None:
         if self._create():
             self.held = True
@@ -166,12 +182,7 @@ class DirectoryLock:
         owner = self._owner()
         reason = self._stale(owner)
         if reason is None:
-            who = (f"process {owner['pid']} on {owner.get('host')} (started {owner.get('started')})"
-                   if owner else "a run that is starting")
-            raise LockedError(
-                f"{self.path.parent} is in use by {who}: two runs cannot write into one output directory; wait for "
-                f"it, choose another directory, or delete {self.path} if that run is dead."
-            )
+            raise self._busy(owner)
         if self._owner() == owner:  # still the same stale lock: take it over
             self.path.unlink(missing_ok=True)
         if not self._create():

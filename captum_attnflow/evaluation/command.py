@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from captum_attnflow.evaluation.runner import evaluate
-    from captum_attnflow.files import writable_directory
+    from captum_attnflow.files import DirectoryLock, writable_directory
 
     torch.set_num_threads(1)
     try:
@@ -240,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
         if args.results_md is not None:
             writable_directory(args.results_md, "--results-md")
         writable_directory(args.out, "--out")
+        DirectoryLock(args.out).check()  # another run writing there: refuse before loading anything
         factory, data = _agreement(args) if agreement else _huggingface(args)
         executor, close = _executor(args)
     except (ValueError, OSError) as error:

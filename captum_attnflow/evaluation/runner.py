@@ -53,6 +53,7 @@ from captum_attnflow.evaluation.models import Classifier, HFClassifier
 from captum_attnflow.evaluation.pipeline import BatchRun, batch_task, cached_classifier
 from captum_attnflow.evaluation.results import ResultStore, ResultTable, json_safe
 from captum_attnflow.files import state_dict_sha256
+from captum_attnflow.validation import check_count
 from captum_attnflow.graph import check_head_fusion
 from captum_attnflow.metrics import GradientReduction, check_gradient_reduction
 
@@ -211,10 +212,11 @@ def evaluate(
         raise ValueError(f"unknown deletion {deletion!r}; choose one of {DELETIONS}.")
     if position != "max" and (isinstance(position, bool) or not isinstance(position, int)):
         raise TypeError(f"position must be an integer token position or 'max'; got {position!r}.")
-    _check_counts(batch_size=batch_size, aopc_batch_size=aopc_batch_size, resamples=resamples,
-                  max_in_flight=max_in_flight, max_length=max_length)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
+    for name, value in (("batch_size", batch_size), ("aopc_batch_size", aopc_batch_size), ("resamples", resamples)):
+        check_count(value, name)
+    check_count(max_in_flight, "max_in_flight", optional=True)
+    check_count(max_length, "max_length", optional=True)
+    check_count(seed, "seed", minimum=0)
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}.")
     if max_length is not None and classifier.max_length is not None and max_length > classifier.max_length:
@@ -304,15 +306,6 @@ def evaluate(
         bar.close()
         store.close()
     return result
-
-
-def _check_counts(**values: int | None) -> None:
-    """Each value is a positive integer (``None`` allowed for the optional ``max_*`` ones)."""
-    for name, value in values.items():
-        if value is None and name.startswith("max_"):
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
 
 
 def _model_identity(classifier: Classifier) -> str:

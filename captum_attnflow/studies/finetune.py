@@ -24,6 +24,7 @@ import torch
 from captum_attnflow.studies.data import Snippet
 from captum_attnflow.studies.text import encode_texts
 from captum_attnflow.studies.weights import minilm_dir
+from captum_attnflow.validation import check_count
 
 INFO_FILE = "study.json"
 
@@ -51,6 +52,16 @@ class FinetuneConfig:
     seed: int = 0
     test_fraction: float = 0.1
     train_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "max_length"):
+            check_count(getattr(self, name), f"FinetuneConfig.{name}")
+        check_count(self.train_limit, "FinetuneConfig.train_limit", optional=True)
+        check_count(self.seed, "FinetuneConfig.seed", minimum=0)
+        if not 0.0 < self.learning_rate < 1.0:
+            raise ValueError(f"FinetuneConfig.learning_rate must be in (0, 1); got {self.learning_rate!r}.")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"FinetuneConfig.test_fraction must be in (0, 1); got {self.test_fraction!r}.")
 
     def key(self) -> str:
         """A short stable hash of the configuration, used as the cache directory suffix."""

