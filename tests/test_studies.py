@@ -259,6 +259,26 @@ def test_commands_report_missing_weights_with_the_fix(tmp_path, monkeypatch, cap
     assert "none.gguf not found" in capsys.readouterr().err
 
 
+@needs_minilm
+def test_sentiment_refuses_bad_sizes_and_outputs_before_fine_tuning(tmp_path, monkeypatch, capsys):
+    from captum_attnflow import cli
+
+    snippets = tmp_path / data.SNIPPETS_FILE
+    snippets.write_text(GROUND_TRUTH, newline="")
+    _pin(monkeypatch)
+    monkeypatch.setattr("captum_attnflow.studies.finetune.load_or_finetune",
+                        lambda *a, **k: pytest.fail("refused before fine-tuning"))
+    base = ["sentiment", "--data", str(snippets), "--cache-dir", str(tmp_path), "--out", str(tmp_path / "o")]
+    (tmp_path / "file").write_text("")
+    for extra, message in ((["--sentences", "2"], "--sentences 2 exceeds the 1 held-out test sentences"),
+                           (["--sentences", "1", "--train-limit", "5"], "--train-limit 5 exceeds the 2 training"),
+                           (["--max-length", "600"], "--max-length 600 exceeds MiniLM's 512 positions"),
+                           (["--out", str(tmp_path / "file" / "o")], "cannot be written")):
+        assert cli.main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 # ------------------------------------------------------------------------------------------------
 # Pronoun bookkeeping (no model)
 # ------------------------------------------------------------------------------------------------
