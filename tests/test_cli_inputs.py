@@ -69,6 +69,16 @@ def test_python_functions_validate_their_counts():
     for value in (0, -5, 1e9, True, "3"):
         with pytest.raises(ValueError, match="n must be a positive integer"):
             check_count(value, "n")
+    from captum_attnflow.agreement.data import generate_splits
+    from captum_attnflow.agreement.study import run_study
+    from captum_attnflow.studies.pronoun import templated_examples
+
+    with pytest.raises(ValueError, match="batch_size must be a positive integer; got 0"):
+        run_study(None, generate_splits(0, train=1, valid=1, test=1).test, batch_size=0)
+    with pytest.raises(ValueError, match="train must be a positive integer"):
+        generate_splits(0, train=int(-5), valid=1, test=1)
+    with pytest.raises(ValueError, match="count must be between 1 and"):
+        templated_examples(0)
     for field, value in (("epochs", 0), ("batch_size", -1), ("train_limit", 0), ("seed", -1), ("max_length", 1.5),
                          ("learning_rate", 0.0), ("test_fraction", 1.0)):
         with pytest.raises(ValueError, match=f"FinetuneConfig.{field} must be"):

@@ -29,6 +29,7 @@ from captum_attnflow import attention_flow, raw_attention, rollout
 from captum_attnflow.agreement.data import UNK, AgreementExample, batches_by_length, encode, vocabulary
 from captum_attnflow.agreement.model import AgreementModel
 from captum_attnflow.metrics import blank_out_scores, input_gradient_scores, layer_correlations, spearman
+from captum_attnflow.validation import check_count
 
 METHODS: tuple[str, ...] = ("raw", "rollout", "flow")
 #: the paper's row names for :data:`METHODS`
@@ -117,12 +118,14 @@ def run_study(
         :class:`StudyResult`.
 
     Raises:
-        ValueError: no examples, or a layer outside ``1..model.config.layers``.
+        ValueError: no examples, ``batch_size`` not a positive integer, or a layer outside
+            ``1..model.config.layers``.
     """
     from tqdm.auto import tqdm
 
     if not examples:
         raise ValueError("run_study needs at least one example.")
+    check_count(batch_size, "batch_size")
     model.eval()
     num_layers = model.config.layers
     layers = list(range(1, num_layers + 1)) if layers is None else list(layers)
