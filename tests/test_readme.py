@@ -56,7 +56,7 @@ def _blocks(language: str) -> list[tuple[str, str]]:
     blocks = []
     for match in FENCE.finditer(TEXT):
         if match[1] == language:
-            headings = re.findall(r"^#+ (.+)$", TEXT[: match.start()], re.M)
+            headings = re.findall(r"^#+ (.+)$", FENCE.sub("", TEXT[: match.start()]), re.M)
             blocks.append((headings[-1] if headings else "top", match[2]))
     return blocks
 
