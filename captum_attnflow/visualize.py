@@ -66,6 +66,11 @@ WORD_START_MARKERS: tuple[str, ...] = ("Ġ", "▁")
 CONTINUATION_PREFIX = "##"
 
 
+def is_special_token(token: str) -> bool:
+    """``[CLS]``-style or ``<|endoftext|>``/``<s>``-style tokenizer special tokens."""
+    return len(token) > 2 and ((token[0], token[-1]) in (("[", "]"), ("<", ">")))
+
+
 def word_pieces(tokens: Sequence[str]) -> list[tuple[str, bool]]:
     """Tokenizer strings as readable text: ``(text, starts_a_word)`` per token.
 
@@ -77,14 +82,14 @@ def word_pieces(tokens: Sequence[str]) -> list[tuple[str, bool]]:
     marked = any(str(token)[:1] in WORD_START_MARKERS for token in tokens)
     out = []
     for index, token in enumerate(map(str, tokens)):
-        special = (token.startswith("<") and token.endswith(">")) or (token.startswith("[") and token.endswith("]"))
+        special = is_special_token(token)
         if token.startswith(CONTINUATION_PREFIX) and len(token) > len(CONTINUATION_PREFIX):
             text, starts = token[len(CONTINUATION_PREFIX):], False
         elif token[:1] in WORD_START_MARKERS:
             text, starts = token[1:], True
         else:
             text, starts = token, index == 0 or special or not marked
-        if index > 0 and out and out[-1][0].endswith(">") and out[-1][0].startswith("<"):
+        if index > 0 and is_special_token(str(tokens[index - 1])):
             starts = True  # a word after a special token
         out.append((text.replace("Ċ", "↵").replace("Ġ", " ") or token, starts))
     return out

@@ -40,10 +40,12 @@ def _report(folder: Path) -> tuple[Path, list[ExplorerMethod], list[ExplorerExam
     figure.add_subplot().plot([0, 1], [1, 0])
     figure.savefig(folder / "figure.png")
     rng = np.random.default_rng(0)
+    flow = rng.random((3, 6))
+    flow[:, 0] += 4.0  # [CLS] takes most of the mass, as in real attention
     methods = [ExplorerMethod("flow", "flow, [CLS] row", ("L1", "L2", "L3")), ExplorerMethod("blank_out", "blank-out")]
     examples = [
         ExplorerExample("hostile", ["[CLS]", *HOSTILE, "Ġword", "##ing"],
-                        {"flow": rng.random((3, 6)), "blank_out": rng.random(6)}, info="<b>not bold</b>"),
+                        {"flow": flow, "blank_out": rng.random(6)}, info="<b>not bold</b>"),
         ExplorerExample("second", ["[CLS]", "a", "dog"], {"flow": rng.random((3, 3)), "blank_out": -rng.random(3)}),
     ]
     path = write_report(folder / "report.html", "<i>title</i>", MARKDOWN, image_dir=folder,
@@ -134,6 +136,19 @@ def test_report_explorer_in_headless_chromium(tmp_path):
             page.select_option("#explorer-method", "0")
             assert page.is_enabled("#explorer-layer")
             assert float(page.text_content("#explorer-legend-low")) == 0
+
+            # special tokens ([CLS], <…>) left out of the colour scale: the words get their own scale
+            page.select_option("#explorer-example", "0")
+            page.select_option("#explorer-method", "0")
+            top_layer, top_token = np.unravel_index(flow[:, 3:].argmax(), flow[:, 3:].shape)  # "&amp;" on: words
+            page.select_option("#explorer-layer", str(top_layer))
+            whole = _colours(page)
+            page.check("#explorer-special")
+            words = _colours(page)
+            darkest = "rgb(102, 30, 4)"
+            assert words[0] == words[3 + top_token] == darkest != whole[3 + top_token]  # [CLS] clipped, top word darkest
+            assert "special tokens left out" in page.text_content("#explorer-legend-high")
+            assert float(page.text_content("#explorer-legend-high").split()[0]) == pytest.approx(flow[:, 3:].max(), rel=1e-3)
 
             assert errors == [] and dialogs == []
             assert requests == [url], requests

@@ -1,6 +1,7 @@
 // Attribution explorer of the one-file report: pick an example, a method and a layer; the tokens
 // are coloured by score (one colour scale per example and method, across all its layers and
-// tokens) and the numbers are shown on hover. Data comes from <script id="explorer-data">; every
+// tokens, optionally leaving special tokens such as [CLS] out of the scale) and the numbers are
+// shown on hover. Data comes from <script id="explorer-data">; every
 // string is written with textContent, never parsed as HTML.
 (function () {
   "use strict";
@@ -12,7 +13,7 @@
       layerSelect = byId("explorer-layer"), tokensBox = byId("explorer-tokens"), info = byId("explorer-info"),
       detail = byId("explorer-detail"), legendBar = byId("explorer-legend-bar"),
       legendLow = byId("explorer-legend-low"), legendHigh = byId("explorer-legend-high"),
-      layersTable = byId("explorer-layers");
+      layersTable = byId("explorer-layers"), specialBox = byId("explorer-special");
   // light-to-dark sequential map (non-negative scores) and a blue-white-red diverging map
   var SEQUENTIAL = [[255, 247, 236], [254, 217, 166], [253, 174, 97], [236, 112, 20], [178, 55, 5], [102, 30, 4]];
   var DIVERGING = [[33, 102, 172], [146, 197, 222], [247, 247, 247], [244, 165, 130], [178, 24, 43]];
@@ -34,9 +35,12 @@
   function gradient(stops) { return "linear-gradient(to right, " + stops.map(css).join(", ") + ")"; }
   function format(value) { return Number(value).toPrecision(4); }
 
-  function scale(rows) {
+  function scale(rows, skip) {
     var low = Infinity, high = -Infinity;
-    rows.forEach(function (row) { row.forEach(function (v) { low = Math.min(low, v); high = Math.max(high, v); }); });
+    rows.forEach(function (row) {
+      row.forEach(function (v, i) { if (!skip[i]) { low = Math.min(low, v); high = Math.max(high, v); } });
+    });
+    if (low === Infinity) { low = 0; high = 1; }
     if (low < 0) {
       var limit = Math.max(-low, high) || 1;
       return { diverging: true, low: -limit, high: limit,
@@ -70,7 +74,8 @@
       JSON.stringify(state.example.raw[index]) + ": " + format(value);
   }
   function render() {
-    var state = current(), example = state.example, rows = state.rows, s = scale(rows);
+    var state = current(), example = state.example, rows = state.rows, excluding = specialBox.checked;
+    var s = scale(rows, example.special.map(function (special) { return excluding && special; }));
     info.textContent = example.info || "";
     clearChildren(tokensBox);
     example.tokens.forEach(function (text, index) {
@@ -90,7 +95,8 @@
     detail.textContent = "";
     legendBar.style.background = gradient(s.diverging ? DIVERGING : SEQUENTIAL);
     legendLow.textContent = format(s.low);
-    legendHigh.textContent = format(s.high) + (s.diverging ? "" : " (largest score of this method in this example)");
+    legendHigh.textContent = format(s.high) + (s.diverging ? "" : " (largest score of this method in this example" +
+      (excluding ? ", special tokens left out; larger scores get the darkest colour)" : ")"));
     clearChildren(layersTable);
     for (var layer = rows.length - 1; layer >= 0; layer--) {
       var tr = document.createElement("tr");
@@ -114,6 +120,7 @@
   exampleSelect.addEventListener("change", render);
   methodSelect.addEventListener("change", function () { fillLayers(); render(); });
   layerSelect.addEventListener("change", render);
+  specialBox.addEventListener("change", render);
   fillLayers();
   render();
 })();

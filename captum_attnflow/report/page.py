@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from captum_attnflow.visualize import word_pieces
+from captum_attnflow.visualize import is_special_token, word_pieces
 
 #: Most examples the explorer embeds (keeps the file small).
 MAX_EXAMPLES = 50
@@ -104,7 +104,8 @@ def explorer_payload(
             scores[method.key] = [[_number(v) for v in row] for row in values.tolist()]
         out.append({
             "title": str(example.title), "info": str(example.info), "raw": [str(t) for t in example.tokens],
-            "tokens": [text for text, _ in pieces], "space": [starts for _, starts in pieces], "scores": scores,
+            "tokens": [text for text, _ in pieces], "space": [starts for _, starts in pieces],
+            "special": [is_special_token(str(t)) for t in example.tokens], "scores": scores,
         })
     return {
         "methods": [{"key": m.key, "label": m.label, "layers": list(m.layers)} for m in methods],
@@ -217,6 +218,8 @@ shows the chosen method at every layer.</p>
 <label>example <select id="explorer-example"></select></label>
 <label>method <select id="explorer-method"></select></label>
 <label>layer <select id="explorer-layer"></select></label>
+<label class="check"><span><input type="checkbox" id="explorer-special"> leave special tokens
+([CLS], [SEP], &lt;|…|&gt;) out of the colour scale</span></label>
 </div>
 <p id="explorer-info"></p>
 <div id="explorer-tokens"></div>
