@@ -24,27 +24,52 @@ def masked_attention(attentions, mask):
     return [torch.softmax(torch.log(a).masked_fill(~key_mask, float("-inf")), dim=-1) for a in attentions]
 
 
-def loop_rollout(attentions, residual=True, fusion="mean", mask=None):
-    """Reference: one example, one layer at a time, numpy, explicit loops over rows."""
+def loop_rollout(attentions, residual=True, fusion="mean", mask=None, discard_ratio=0.0, protected=(0,)):
+    """Reference: one example, one layer, one row at a time, numpy.
+
+    Per head the row is restricted to the real keys and renormalised, the heads are fused, the
+    lowest ``discard_ratio`` of the candidate entries are zeroed, then ``rownorm(F + I)``.
+    """
     attentions = [np.asarray(a, dtype=np.float64) for a in attentions]
-    batch, _, n, _ = attentions[0].shape
+    batch, heads, n, _ = attentions[0].shape
     out = np.zeros((batch, len(attentions), n, n))
     for b in range(batch):
         live = np.ones(n, bool) if mask is None else np.asarray(mask[b], bool)
         current = np.eye(n)
         for layer, attention in enumerate(attentions):
-            fused = {"mean": np.mean, "max": np.max, "min": np.min}[fusion](attention[b], axis=0)
+            restricted = np.zeros((heads, n, n))
+            for h in range(heads):
+                for i in range(n):
+                    if live[i]:
+                        row = np.where(live, attention[b, h, i], 0.0)
+                        restricted[h, i] = row / row.sum()
+            fused = {"mean": np.mean, "max": np.max, "min": np.min}[fusion](restricted, axis=0)
+            if discard_ratio:
+                fused = loop_discard(fused, discard_ratio, protected, live)
             matrix = np.zeros((n, n))
             for i in range(n):
                 if not live[i]:
                     continue
-                row = np.where(live, fused[i], 0.0)
-                row = row / row.sum()
-                if residual:
-                    row = 0.5 * row + 0.5 * np.eye(n)[i]
-                matrix[i] = row
+                row = fused[i] + (np.eye(n)[i] if residual else 0.0)
+                matrix[i] = row / row.sum()
             current = matrix @ current
             out[b, layer] = current
+    return out
+
+
+def loop_discard(fused, ratio, protected, live):
+    """Zero the floor(ratio·m) smallest candidate entries (row-major order breaks ties)."""
+    n = fused.shape[0]
+    candidates = [
+        (fused[i, j], i * n + j)
+        for i in range(n)
+        for j in range(n)
+        if live[i] and live[j] and i not in protected and j not in protected
+    ]
+    count = int(np.floor(len(candidates) * ratio))
+    out = fused.copy()
+    for _, flat in sorted(candidates)[:count]:  # (value, row-major index): ties by position
+        out[flat // n, flat % n] = 0.0
     return out
 
 
