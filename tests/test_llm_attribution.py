@@ -268,11 +268,11 @@ def test_real_smollm2_rows_and_generation():
     method = AttentionRollout(model)
     llm_attr = LLMAttentionAttribution(method, tokenizer)
     prompt = "The capital of France is"
-    result = llm_attr.attribute(prompt, gen_args={"max_new_tokens": 3, "do_sample": False})
+    result = llm_attr.attribute(prompt, gen_args={"max_new_tokens": 2, "do_sample": False})
     assert result.input_tokens == tokenizer.convert_ids_to_tokens(tokenizer(prompt)["input_ids"])
     ids = ids_of(tokenizer, prompt)
     with torch.no_grad():
-        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False)
     greedy = greedy[0, ids.shape[1]:].tolist()
     assert result.output_tokens[0] == "Paris" and len(result.output_tokens) == len(greedy)
     torch.testing.assert_close(result.token_attr, prefix_rows(method, tokenizer, prompt, greedy), rtol=1e-4, atol=1e-6)
