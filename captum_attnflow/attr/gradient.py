@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from captum._utils.common import _select_targets
 from torch import Tensor
 
 from captum_attnflow.attr.base import AttentionAttribution, output_tensor
+from captum_attnflow.capture.torch_mha import reshaped_base
 from captum_attnflow.graph import as_attention_stack, check_head_fusion, fuse_heads, rollout_matrices
 
 
@@ -38,17 +41,39 @@ def gradient_weighted_graph(attentions, gradients, *, residual: bool = True, mas
     return graph + eye if residual else graph
 
 
-def differentiable_source(attention: Tensor) -> Tensor:
-    """The tensor the model computed with, for ``torch.autograd.grad``.
+def attention_gradients(
+    score: Tensor, attentions: Sequence[Tensor], *, retain_graph: bool = False
+) -> list[Tensor | None]:
+    """The gradient of ``score`` with respect to each recorded attention tensor itself.
 
-    ``nn.MultiheadAttention`` returns its per-head weights as a reshaped view of the softmax
-    output that multiplied the values, and autograd only reaches that output (the view's
-    ``_base``), not the view. Other recorded weights are used as they are. Differentiating
-    with :func:`torch.autograd.grad` instead of ``backward()`` leaves every parameter's ``.grad``
-    untouched, as Captum's gradient methods do.
+    Where autograd does not reach a recorded tensor but the tensor is a plain reshape of one it
+    reaches (:func:`~captum_attnflow.capture.torch_mha.reshaped_base`: ``nn.MultiheadAttention``
+    returns its per-head weights as such a view, taken after the softmax output multiplied the
+    values), the gradient of that tensor, reshaped. Any other view — transposed, permuted,
+    sliced — gets only its own gradient: the element order of its base's gradient differs.
+    Differentiating with :func:`torch.autograd.grad` instead of ``backward()`` leaves every
+    parameter's ``.grad`` untouched, as Captum's gradient methods do.
+
+    Args:
+        score: scalar tensor.
+        attentions: ``L`` tensors ``(batch, heads, n, n)`` that require grad.
+        retain_graph: keep the graph for another call (as in :func:`torch.autograd.grad`).
+
+    Returns:
+        ``L`` gradients of the attention's shape, ``None`` where ``score`` does not depend on it.
     """
-    base = attention._base
-    return base if base is not None and base.numel() == attention.numel() else attention
+    bases = [reshaped_base(a) for a in attentions]
+    bases = [b if b is not None and b.requires_grad else None for b in bases]
+    extra = [b for b in bases if b is not None]
+    grads = torch.autograd.grad(score, [*attentions, *extra], retain_graph=retain_graph, allow_unused=True)
+    own, from_base = grads[: len(attentions)], iter(grads[len(attentions) :])
+    result = []
+    for attention, base, grad in zip(attentions, bases, own):
+        base_grad = next(from_base) if base is not None else None
+        if grad is None and base_grad is not None:
+            grad = base_grad.reshape(attention.shape)
+        result.append(grad)
+    return result
 
 
 class GradientWeightedRollout(AttentionAttribution):
@@ -135,8 +160,7 @@ class GradientWeightedRollout(AttentionAttribution):
                 f"target selects an output of shape {tuple(selected.shape)}; it must select one score "
                 f"per example (batch,), e.g. target=(position, token_id) for (batch, n, vocab) outputs."
             )
-        sources = [differentiable_source(a) for a in attentions]
-        gradients = torch.autograd.grad(selected.sum(), sources, allow_unused=True)
+        gradients = attention_gradients(selected.sum(), attentions)
         unused = [name for name, g in zip(self.layer_names, gradients) if g is None]
         if unused:
             raise ValueError(
@@ -146,7 +170,7 @@ class GradientWeightedRollout(AttentionAttribution):
                 f"SDPA, nn.MultiheadAttention) do."
             )
         return self.attribute_recorded(
-            [a.detach() for a in attentions], mask, gradients=[g.reshape(a.shape) for g, a in zip(gradients, attentions)],
+            [a.detach() for a in attentions], mask, gradients=gradients,
             position=position, layer=layer, head=head, residual=residual, head_fusion=head_fusion,
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -18,7 +19,9 @@ from captum_attnflow.capture.discovery import (
 )
 from captum_attnflow.capture.masks import live_tokens_from_key_padding_mask, mask_arguments, mask_from_call
 from captum_attnflow.capture.sdpa import SDPAInterceptor
+from captum_attnflow.capture.training import check_no_dropout
 from captum_attnflow.capture.torch_mha import (
+    FastPathOff,
     MHACall,
     bind_mha_arguments,
     is_self_attention_call,
@@ -106,8 +109,20 @@ class AttentionRecorder:
 
     **Forward passes.** A pass starts when ``model`` is called; the recorder keeps the *last
     complete* pass (a pass that raised leaves nothing behind). Call the same ``model`` object
-    the recorder was built with; ``reset()`` forgets the recorded pass. For a meaningful graph
-    run the model in ``eval()`` mode (dropout off) and without a key/value cache.
+    the recorder was built with; ``reset()`` forgets the recorded pass. Run the model without a
+    key/value cache.
+
+    **Training mode is refused.** A pass in which a recorded module is in training mode with
+    dropout active raises ``ValueError`` naming ``model.eval()`` — for eager, SDPA,
+    ``nn.MultiheadAttention`` and custom modules alike (dropped weights form no attention graph;
+    see :mod:`~captum_attnflow.capture.training`). Training mode without active dropout is
+    recorded as it is.
+
+    **Threads.** A recorder records the forward passes of the thread that attached it; passes
+    that other threads run meanwhile (through the same model) are left alone: not recorded, not
+    intercepted. Several threads can therefore each record one shared model with their own
+    recorder (``with AttentionRecorder(model) as recorder:`` in each thread) — the attribution
+    classes do this. One recorder cannot be attached twice at once.
 
     **Padding mask.** ``mask`` is the ``(batch, n)`` padding mask of the pass, ``True`` for real
     tokens: the model call's 2-D ``attention_mask`` (Hugging Face convention, 1 = real token), or
@@ -122,9 +137,11 @@ class AttentionRecorder:
     as ``attention_layers=`` (the encoder's, or the decoder's with its cross-attention).
 
     **Hooks and global state.** Hooks are registered by ``attach()``/``__enter__`` and removed by
-    ``remove()``/``__exit__`` — also when the forward pass raises. While attached, PyTorch's MHA
-    fast path (``torch.backends.mha``, a process-wide switch) is disabled, because it bypasses
-    ``nn.MultiheadAttention`` without computing weights; it is restored on removal.
+    ``remove()``/``__exit__`` — also when the forward pass raises. While any recorder is attached,
+    PyTorch's MHA fast path (``torch.backends.mha``, a process-wide switch) is disabled, because
+    it bypasses ``nn.MultiheadAttention`` without computing weights; when the last attached
+    recorder (over all threads, nested ones included) is removed, the switch gets back the value
+    it had before the first one was attached (:class:`~captum_attnflow.capture.torch_mha.FastPathOff`).
 
     Args:
         model: the model that will be called.
@@ -137,8 +154,8 @@ class AttentionRecorder:
         head_fusion: ``None`` keeps every head. ``"mean"``, ``"max"`` or ``"min"`` fuses the heads
             inside the hook, so only ``L`` matrices ``(batch, 1, n, n)`` are kept (memory
             ``O(L·n²)`` instead of ``O(L·H·n²)``). Rollout/flow of the full recording with
-            ``head_fusion=h`` equal rollout/flow of an ``h``-fused recording; ``"max"``/``"min"``
-            rows do not sum to 1, so pass ``renormalize=True`` to rollout/flow for those.
+            ``head_fusion=h`` equal rollout/flow of an ``h``-fused recording given the same
+            ``head_fusion=h`` (a single head with ``"max"``/``"min"`` is taken as already fused).
         keep_graph: ``False`` (default) stores detached tensors. ``True`` keeps the recorded
             attention attached to the autograd graph and calls ``retain_grad()`` on it, so that
             after ``output.backward()`` ``recorder.attentions[l].grad`` holds the gradient of the
@@ -187,7 +204,9 @@ class AttentionRecorder:
         self._calls: list[_Call] = []
         self._running: _Pass | None = None
         self._recorded: _Pass | None = None
-        self._saved_fastpath: bool | None = None
+        self._holds_fastpath = False
+        self._owner: int | None = None  # the thread that attached the hooks
+        self._passes_elsewhere = False  # a pass ran in another thread while attached
 
     # ----------------------------------------------------------------------------------------
     # Attaching and removing
@@ -201,7 +220,12 @@ class AttentionRecorder:
     def attach(self) -> "AttentionRecorder":
         """Register the hooks (``with recorder:`` does this). Returns ``self``."""
         if self.attached:
-            raise RuntimeError("this AttentionRecorder is already attached; call remove() first.")
+            raise RuntimeError(
+                "this AttentionRecorder is already attached; call remove() first. To record one model "
+                "from several threads, give each thread its own AttentionRecorder."
+            )
+        self._owner = threading.get_ident()
+        self._passes_elsewhere = False
         try:
             for layer in self._layers:
                 pre_hook = self._layer_pre_hook(layer)
@@ -214,15 +238,25 @@ class AttentionRecorder:
                 self.model.register_forward_pre_hook(self._pass_pre_hook, with_kwargs=True, prepend=True)
             )
             self._handles.append(self.model.register_forward_hook(self._pass_hook, always_call=True))
+            FastPathOff.acquire()
+            self._holds_fastpath = True
         except BaseException:
             self.remove()
             raise
-        self._saved_fastpath = torch.backends.mha.get_fastpath_enabled()
-        torch.backends.mha.set_fastpath_enabled(False)
         return self
 
     def remove(self) -> None:
-        """Remove every hook and restore the MHA fast-path switch (``with`` does this on exit)."""
+        """Remove every hook and release the MHA fast-path switch (``with`` does this on exit).
+
+        Raises:
+            RuntimeError: called from another thread while the attaching thread is inside a
+                recorded module (its interception cannot be undone from here).
+        """
+        if self._calls and threading.get_ident() != self._owner:
+            raise RuntimeError(
+                "remove() was called from another thread while the thread that attached this recorder "
+                "is running a recorded module; remove it from the thread that attached it."
+            )
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -230,9 +264,9 @@ class AttentionRecorder:
             call = self._calls.pop()
             if call.interceptor is not None:
                 call.interceptor.__exit__(None, None, None)
-        if self._saved_fastpath is not None:
-            torch.backends.mha.set_fastpath_enabled(self._saved_fastpath)
-            self._saved_fastpath = None
+        if self._holds_fastpath:
+            self._holds_fastpath = False
+            FastPathOff.release()
         self._running = None
 
     def __enter__(self) -> "AttentionRecorder":
@@ -249,17 +283,29 @@ class AttentionRecorder:
     # Hooks
     # ----------------------------------------------------------------------------------------
 
+    def _in_owner_thread(self) -> bool:
+        return threading.get_ident() == self._owner
+
     def _pass_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not self._in_owner_thread():
+            self._passes_elsewhere = True
+            return
         self._recorded = None
+        self._running = None
+        check_no_dropout(self._layers)
         self._running = _Pass(mask=mask_from_call(module, args, kwargs, self._mask_arguments))
 
     def _pass_hook(self, module: nn.Module, args: tuple, output) -> None:
+        if not self._in_owner_thread():
+            return
         running, self._running = self._running, None
         if output is not None and running is not None:  # output None: the forward pass raised
             self._recorded = running
 
     def _layer_pre_hook(self, layer: AttentionLayer):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
+            if not self._in_owner_thread():
+                return None
             call = _Call(layer, layer.role)
             self._calls.append(call)
             if isinstance(module, nn.MultiheadAttention):
@@ -272,13 +318,16 @@ class AttentionRecorder:
                     return (), kwargs
             if self.extractor is not None:
                 return None
-            call.interceptor = SDPAInterceptor(call.sdpa_weights.append)
+            where = f"attention layer {layer.name or '<model>'!r} ({type(module).__name__})"
+            call.interceptor = SDPAInterceptor(call.sdpa_weights.append, where)
             call.interceptor.__enter__()
             return None
 
         return hook
 
     def _layer_hook(self, module: nn.Module, args: tuple, kwargs: dict, output):
+        if not self._in_owner_thread() or not self._calls or self._calls[-1].layer.module is not module:
+            return None  # another thread's call, or the pre-hook never ran (an earlier hook raised)
         call = self._calls.pop()  # pushed by this module's pre-hook, which knows the layer
         if call.interceptor is not None:
             call.interceptor.__exit__(None, None, None)
@@ -382,12 +431,18 @@ class AttentionRecorder:
 
     def _complete_pass(self) -> _Pass:
         if self._recorded is None:
+            elsewhere = (
+                " A forward pass ran in another thread meanwhile: a recorder records only the thread "
+                "that attached it; attach one recorder in each thread that runs the model."
+                if self._passes_elsewhere
+                else ""
+            )
             raise RuntimeError(
                 f"no complete forward pass has been recorded: call the model "
                 f"({type(self.model).__name__}) while the recorder is attached (inside "
                 f"`with AttentionRecorder(model) as recorder:`). A forward pass that raised, or a "
                 f"reset(), leaves nothing recorded. recorder.registered_layers lists the hooked "
-                f"modules before any pass."
+                f"modules before any pass.{elsewhere}"
             )
         missing = [layer.name or "<model>" for layer in self._layers if layer.name not in self._recorded.fired]
         if missing:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from captum_attnflow.capture.training import EVAL_HINT
+
 #: The SDPA signature, in order, for binding positional arguments.
 SDPA_PARAMETERS: tuple[str, ...] = (
     "query",
@@ -114,14 +116,24 @@ class SDPAInterceptor(TorchFunctionMode):
 
     While the mode is active, SDPA calls return :func:`sdpa_with_weights`'s output and hand the
     ``(..., heads, L, S)`` weights to ``on_weights``; every other torch function runs unchanged.
+    A call with ``dropout_p > 0`` (a model in training mode) is refused: the weights that would
+    multiply the values are random, and the recorded softmax would not be them.
+
+    The mode is active in the thread that entered it only (PyTorch keeps one mode stack per
+    thread): enter and exit it in the same thread.
 
     Args:
         on_weights: called with the weights of each intercepted call.
+        where: names the intercepting module in error messages.
+
+    Raises:
+        ValueError: from an intercepted call with ``dropout_p > 0``.
     """
 
-    def __init__(self, on_weights: Callable[[torch.Tensor], None]) -> None:
+    def __init__(self, on_weights: Callable[[torch.Tensor], None], where: str = "a recorded module") -> None:
         super().__init__()
         self.on_weights = on_weights
+        self.where = where
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -129,6 +141,13 @@ class SDPAInterceptor(TorchFunctionMode):
             return func(*args, **kwargs)
         call = dict(zip(SDPA_PARAMETERS, args))
         call.update(kwargs)
+        dropout_p = call.get("dropout_p", 0.0)
+        if dropout_p > 0:
+            raise ValueError(
+                f"{self.where} called F.scaled_dot_product_attention with dropout_p={dropout_p} (training "
+                f"mode): the weights that multiply the values are randomly dropped and rescaled, so they "
+                f"form no attention graph. {EVAL_HINT}"
+            )
         output, weights = sdpa_with_weights(**call)
         self.on_weights(weights)
         return output

@@ -4,7 +4,7 @@
 and averages them over heads unless ``average_attn_weights=False``; ``nn.TransformerEncoderLayer``
 calls it with ``need_weights=False`` (and, in eval mode, may skip it altogether through the fused
 "fast path", which the recorder switches off with ``torch.backends.mha.set_fastpath_enabled``
-while it is attached).
+while it is attached: :class:`FastPathOff`, reference-counted over every attached recorder).
 
 The recorder rewrites each call to ``need_weights=True, average_attn_weights=False``, so that
 PyTorch itself computes the per-head weights (its explicit ``softmax(QKᵀ/√d + mask)`` branch), and
@@ -18,6 +18,7 @@ Its ``key_padding_mask`` (``True`` or ``-inf`` = padding) becomes the recorder's
 from __future__ import annotations
 
 import inspect
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +80,58 @@ def restore_mha_output(output: tuple, call: MHACall) -> tuple:
     return output[0], weights
 
 
+class FastPathOff:
+    """The process-wide MHA fast-path switch, held off while any recorder is attached.
+
+    ``torch.backends.mha.set_fastpath_enabled`` is one global switch, but recorders may be
+    attached concurrently (several threads) or nested. The first :meth:`acquire` saves the switch
+    and turns it off; the last :meth:`release` restores the saved value; a lock makes the count
+    exact across threads. Each holder must release exactly once per acquire.
+    """
+
+    _lock = threading.Lock()
+    _holders = 0
+    _saved: bool | None = None
+
+    @classmethod
+    def acquire(cls) -> None:
+        """Turn the fast path off (saving the switch if this is the first holder)."""
+        with cls._lock:
+            if cls._holders == 0:
+                cls._saved = torch.backends.mha.get_fastpath_enabled()
+                torch.backends.mha.set_fastpath_enabled(False)
+            cls._holders += 1
+
+    @classmethod
+    def release(cls) -> None:
+        """Drop one hold; the last one restores the switch as it was before the first acquire."""
+        with cls._lock:
+            if cls._holders == 0:
+                raise RuntimeError("FastPathOff.release() without a matching acquire().")
+            cls._holders -= 1
+            if cls._holders == 0:
+                torch.backends.mha.set_fastpath_enabled(cls._saved)
+                cls._saved = None
+
+
+def reshaped_base(weights: torch.Tensor) -> torch.Tensor | None:
+    """The tensor ``weights`` is a plain reshape of (``weights._base``), or None.
+
+    A plain reshape reads the same contiguous memory in the same order, so the base's gradient
+    reshaped is the view's gradient. A transposed or permuted view, a slice, or a view of a
+    non-contiguous base is not one.
+
+    Args:
+        weights: any tensor, e.g. ``(batch, heads, L, S)`` weights.
+    """
+    base = weights._base
+    if base is None or base.numel() != weights.numel():
+        return None
+    if not (base.is_contiguous() and weights.is_contiguous() and weights.storage_offset() == base.storage_offset()):
+        return None
+    return base
+
+
 def route_gradient_to_weights(weights: torch.Tensor) -> None:
     """Make ``weights.grad`` receive the gradient of the attention that multiplied the values.
 
@@ -90,11 +143,11 @@ def route_gradient_to_weights(weights: torch.Tensor) -> None:
     Args:
         weights: ``(batch, heads, L, S)`` view returned by a rewritten call.
     """
-    base = weights._base
-    if base is None or base.numel() != weights.numel() or not base.requires_grad:
+    base = reshaped_base(weights)
+    if base is None or not base.requires_grad:
         raise RuntimeError(
-            "cannot attach gradients to nn.MultiheadAttention weights: they are not a view of the "
-            "softmax output that multiplied the values (is gradient computation enabled?)."
+            "cannot attach gradients to nn.MultiheadAttention weights: they are not a reshaped view "
+            "of the softmax output that multiplied the values (is gradient computation enabled?)."
         )
     weights.retain_grad()
 

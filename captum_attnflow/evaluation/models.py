@@ -4,7 +4,8 @@ Evaluation needs more than ``model(x)``: class probabilities from token ids (bla
 occlusion, AOPC) and from input embeddings (gradients, Integrated Gradients), the embeddings
 themselves, and the attention weights of every layer. :class:`Classifier` names these calls;
 :class:`HFClassifier` implements them for any Hugging Face ``...ForSequenceClassification``-style
-model (``input_ids``/``inputs_embeds``/``attention_mask`` in, ``.logits`` and ``.attentions`` out).
+model (``input_ids``/``inputs_embeds``/``attention_mask`` in, ``.logits`` out; the attention is
+recorded with :class:`~captum_attnflow.capture.AttentionRecorder`, so eager and SDPA both work).
 Wrap another model by subclassing :class:`Classifier`.
 """
 
@@ -15,6 +16,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
+
+from captum_attnflow.capture import AttentionRecorder
 
 
 class Classifier(ABC):
@@ -58,10 +61,10 @@ class Classifier(ABC):
 class HFClassifier(Classifier):
     """:class:`Classifier` for a Hugging Face sequence-classification model.
 
-    The model must return attention weights with ``output_attentions=True``, which in
-    transformers 5.x needs eager attention: load it with ``attn_implementation="eager"`` or call
-    ``model.set_attn_implementation("eager")`` (SDPA computes the same function but does not
-    expose the weights).
+    The attention weights are recorded during the forward pass by
+    :class:`~captum_attnflow.capture.AttentionRecorder`, so any attention implementation it reads
+    works: eager (the weights equal ``output_attentions``) and SDPA, the transformers 5.x default
+    (each SDPA call evaluated by its explicit math, equal to eager up to rounding).
 
     Args:
         model: e.g. ``BertForSequenceClassification``; it is put in eval mode.
@@ -98,13 +101,9 @@ class HFClassifier(Classifier):
         return self.model.get_input_embeddings()(input_ids)
 
     def attentions(self, input_ids, attention_mask):
-        attentions = self.model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True).attentions
-        if not attentions or any(a is None for a in attentions):
-            raise ValueError(
-                "the model returned no attention weights; load it with attn_implementation='eager' "
-                "or call model.set_attn_implementation('eager') (SDPA does not expose them)."
-            )
-        return attentions
+        with AttentionRecorder(self.model) as recorder:
+            self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return recorder.attentions
 
     @property
     def embedding_layer(self):
