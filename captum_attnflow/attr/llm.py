@@ -21,7 +21,7 @@ from captum.attr._core.llm_attr import DEFAULT_GEN_ARGS, _convert_ids_to_pretty_
 from torch import Tensor, nn
 
 from captum_attnflow.attr.base import AttentionAttribution, output_tensor, resolve_layers
-from captum_attnflow.attr.gradient import GradientWeightedRollout, differentiable_source
+from captum_attnflow.attr.gradient import GradientWeightedRollout, attention_gradients
 from captum_attnflow.graph import check_head_fusion, check_index
 
 #: The special tokens whose ids must agree between the tokenizer and the model.
@@ -355,17 +355,15 @@ class LLMAttentionAttribution(Attribution):
         if not gradient:
             matrix = method.graph_rows(attentions, mask, gradients=None, positions=positions, **options)
             return matrix[0, 0, positions], log_probs.detach()
-        sources = [differentiable_source(a) for a in attentions]
         detached = [a.detach() for a in attentions]
         rows = []
         for t, position in enumerate(positions):
-            grads = torch.autograd.grad(log_probs[t], sources, retain_graph=t + 1 < len(positions), allow_unused=True)
-            if any(g is None for g in grads):
+            gradients = attention_gradients(log_probs[t], attentions, retain_graph=t + 1 < len(positions))
+            if any(g is None for g in gradients):
                 raise ValueError(
                     "the target's log-probability does not depend on the recorded attention: the recorder returned "
                     "weights the model did not use; load the model with eager attention."
                 )
-            gradients = [g.reshape(a.shape) for g, a in zip(grads, attentions)]
             matrix = method.graph_rows(detached, mask, gradients=gradients, positions=[position], **options)
             rows.append(matrix[0, 0, position])
         return torch.stack(rows), log_probs.detach()
