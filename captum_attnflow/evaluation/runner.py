@@ -127,9 +127,9 @@ def evaluate(
 
     Args:
         model: a :class:`Classifier`, or a Hugging Face sequence-classification model (wrapped in
-            :class:`HFClassifier`; it must use eager attention) — then only flow runs in the
-            executor — or a picklable factory returning a :class:`Classifier` — then whole batches
-            run in the executor, each worker building the model once (see the module docstring).
+            :class:`HFClassifier`; eager or SDPA attention, recorded by ``AttentionRecorder``) — then
+            only flow runs in the executor — or a picklable factory returning a :class:`Classifier` —
+            then whole batches run in the executor, each worker building the model once (see the module docstring).
         data: an iterable of examples (dicts with ``input_ids`` and optionally ``label``, pairs
             ``(input_ids, label)``, or token-id sequences) or a ``DataLoader`` of padded batches;
             see :mod:`captum_attnflow.evaluation.data`. It is read once up front for its content
