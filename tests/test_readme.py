@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from captum_attnflow.results_md import OPTION
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RESULTS = ROOT / "docs" / "results"
@@ -149,6 +151,8 @@ def _check_command(command: str, options: dict[str, set[str]], extras: set[str])
         if not script.is_file():
             return [f"{command!r}: no script {words[1]}"]
         source = script.read_text(encoding="utf-8")
+        if "results_md import" in source and "add_option(" in source:  # the shared --results-md option
+            source += f'"{OPTION}"'
         return [f"{command!r}: {words[1]} defines no option {flag}" for flag in _flags(words[2:])
                 if f'"{flag}"' not in source]
     if words[:2] == ["pip", "install"]:
