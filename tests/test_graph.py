@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from captum_attnflow import head_rollout, raw_attention, rollout
+from captum_attnflow import attention_flow, head_rollout, raw_attention, rollout
 from captum_attnflow.graph import augment_residual, fuse_heads
 
 
@@ -205,3 +205,118 @@ def test_mask_that_zeroes_a_live_row_is_an_error():
     attention[0, 0, :, 2] = 1.0  # every query attends only to token 2 ...
     with pytest.raises(ValueError, match="zeroes the whole row"):
         rollout([attention], mask=torch.tensor([[1, 1, 0]]))  # ... which the mask removes
+
+
+# ----------------------------------------------------------------------------- fusion, grad, dtypes, masks, discard
+
+
+@pytest.mark.parametrize("fusion", ["max", "min"])
+def test_max_min_residual_is_rownorm_of_fused_plus_identity(fusion):
+    attentions = random_attention(batch=1, layers=1, heads=3, n=5, seed=7)
+    fused = {"max": np.max, "min": np.min}[fusion](attentions[0].numpy()[0], axis=0)
+    expected = (fused + np.eye(5)) / (fused + np.eye(5)).sum(-1, keepdims=True)
+    np.testing.assert_allclose(rollout(attentions, head_fusion=fusion)[0, 0].numpy(), expected, atol=1e-12)
+    # ... not 0.5·rownorm(F) + 0.5·I, which differs for max/min
+    old = 0.5 * fused / fused.sum(-1, keepdims=True) + 0.5 * np.eye(5)
+    assert np.abs(expected - old).max() > 1e-3
+
+
+@pytest.mark.parametrize("fusion", ["max", "min"])
+def test_single_head_max_min_input_is_taken_as_already_fused(fusion):
+    attentions = random_attention(seed=8)
+    mask = torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 0, 0]])
+    attentions = masked_attention(attentions, mask)
+    prefused = [fuse_heads(a, fusion).unsqueeze(1) for a in attentions]
+    for function in (rollout, raw_attention):
+        torch.testing.assert_close(
+            function(prefused, head_fusion=fusion, mask=mask), function(attentions, head_fusion=fusion, mask=mask),
+            atol=1e-12, rtol=0,
+        )
+    with pytest.raises(ValueError, match="not at least 1"):  # max-fused rows must sum to >= 1
+        rollout([p * 0.5 for p in prefused], head_fusion="max")
+
+
+def test_rollout_is_differentiable():
+    attentions = [a[:1, :2, :4, :4].clone() for a in random_attention(seed=9)]
+    attentions = [(a / a.sum(-1, keepdim=True)).requires_grad_() for a in attentions]
+    for fusion in ("mean", "max"):
+        assert torch.autograd.gradcheck(lambda *layers: rollout(list(layers), head_fusion=fusion), attentions)
+    mask = torch.tensor([[1, 1, 1, 0]])
+    assert torch.autograd.gradcheck(lambda *layers: rollout(list(layers), mask=mask, discard_ratio=0.3), attentions)
+    plain = rollout([a.detach() for a in attentions])
+    assert not plain.requires_grad  # the no-grad path (in place, layer by layer) gives the same values
+    torch.testing.assert_close(plain, rollout(attentions).detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_in_gives_the_same_dtype_out(dtype):
+    attentions = [a.to(dtype) for a in random_attention(seed=10)]
+    mask = torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 0, 0]])
+    reference = rollout([a.double() for a in attentions], mask=mask)
+    got = rollout(attentions, mask=mask)
+    assert got.dtype == dtype and raw_attention(attentions).dtype == dtype
+    torch.testing.assert_close(got.double(), reference, atol=1e-2, rtol=0)
+    assert rollout([a.float().numpy().astype(np.float16) for a in attentions]).dtype == np.float16
+
+
+@pytest.mark.parametrize(
+    "mask, error, match",
+    [
+        ([[1, 1, 0.5, 1, 1, 1, 1]] * 2, ValueError, "only 0"),
+        ([[1, 1, float("nan"), 1, 1, 1, 1]] * 2, ValueError, "only 0"),
+        ([[1, -1, 1, 1, 1, 1, 1]] * 2, ValueError, "only 0"),
+        ([[2, 1, 1, 1, 1, 1, 1]] * 2, ValueError, "only 0"),
+        ([["a"] * 7] * 2, TypeError, "mask"),
+        (np.array([[object()] * 7] * 2), TypeError, "mask"),
+    ],
+)
+def test_masks_with_values_other_than_0_and_1_are_refused(mask, error, match):
+    attentions = random_attention()
+    for function in (rollout, raw_attention, attention_flow):
+        with pytest.raises(error, match=match):
+            function(attentions, mask=mask)
+
+
+def test_bool_and_integer_masks_agree():
+    attentions = masked_attention(random_attention(seed=11), [[1] * 7, [1] * 5 + [0] * 2])
+    as_int = rollout(attentions, mask=torch.tensor([[1] * 7, [1] * 5 + [0] * 2]))
+    as_bool = rollout(attentions, mask=np.array([[True] * 7, [True] * 5 + [False] * 2]))
+    torch.testing.assert_close(as_int, as_bool)
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("fusion", ["mean", "max"])
+def test_discard_ratio_matches_brute_force(ratio, fusion):
+    mask = np.array([[1] * 7, [1, 1, 1, 1, 1, 0, 0]])
+    attentions = masked_attention(random_attention(seed=12), mask)
+    got = rollout(attentions, head_fusion=fusion, mask=mask, discard_ratio=ratio)
+    np.testing.assert_allclose(got.numpy(), loop_rollout(attentions, fusion=fusion, mask=mask, discard_ratio=ratio), atol=1e-12)
+    protected = rollout(attentions, mask=mask, discard_ratio=ratio, protected_tokens=[0, 3])
+    np.testing.assert_allclose(
+        protected.numpy(), loop_rollout(attentions, mask=mask, discard_ratio=ratio, protected=(0, 3)), atol=1e-12
+    )
+    assert not np.allclose(got.numpy(), rollout(attentions, head_fusion=fusion, mask=mask).numpy())
+
+
+def test_discard_ratio_ties_go_in_row_major_order():
+    attention = torch.full((1, 1, 3, 3), 1 / 3, dtype=torch.float64)  # every entry ties
+    fused = rollout([attention], discard_ratio=0.5, residual=False)[0, 0]  # 4 candidates, 2 discarded
+    kept = (fused > 0).numpy()
+    # candidates (1,1), (1,2), (2,1), (2,2): the first two in row-major order go; row/column 0 stay
+    np.testing.assert_array_equal(kept, [[1, 1, 1], [1, 0, 0], [1, 1, 1]])
+
+
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"discard_ratio": 1.0}, ValueError, "0 <= discard_ratio < 1"),
+        ({"discard_ratio": -0.1}, ValueError, "0 <= discard_ratio < 1"),
+        ({"discard_ratio": float("nan")}, ValueError, "0 <= discard_ratio < 1"),
+        ({"discard_ratio": "0.5"}, TypeError, "discard_ratio must be a number"),
+        ({"discard_ratio": 0.5, "protected_tokens": 9}, ValueError, "protected_tokens=9 is out of range"),
+        ({"discard_ratio": 0.5, "protected_tokens": "0"}, TypeError, "protected_tokens"),
+    ],
+)
+def test_discard_ratio_and_protected_tokens_are_validated(options, error, match):
+    with pytest.raises(error, match=match):
+        rollout(random_attention(), **options)

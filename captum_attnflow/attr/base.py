@@ -20,7 +20,7 @@ from captum.attr import Attribution
 from torch import Tensor, nn
 
 from captum_attnflow.capture import AttentionRecorder
-from captum_attnflow.graph import check_head_fusion, check_index
+from captum_attnflow.graph import RowSumError, check_head_fusion, check_index
 
 #: ``position`` values that trace every query position instead of one.
 MULTI_POSITIONS: tuple[str, ...] = ("max", "all")
@@ -379,12 +379,13 @@ class AttentionAttribution(Attribution):
                         layers below are fused and rolled out (flowed), the head's own matrix
                         (with the residual) goes on top. ``None`` fuses all heads.
                         Default: None
-            residual (bool, optional): Model the residual connection, ``Â = 0.5·A + 0.5·I``
-                        (the paper). Raw attention never adds it.
+            residual (bool, optional): Model the residual connection,
+                        ``Â = rownorm(A_fused + I)`` (the paper). Raw attention never adds it.
                         Default: True
             head_fusion (str, optional): ``"mean"`` (the paper), ``"max"`` or ``"min"`` over
                         heads. When ``head`` is None, heads are fused inside the forward hooks,
-                        so only ``L·n²`` floats per example are kept.
+                        so only ``L·n²`` floats per example are kept; the result equals the
+                        functional API on the model's per-head ``output_attentions``.
                         Default: "mean"
 
         Returns:
@@ -461,6 +462,19 @@ class AttentionAttribution(Attribution):
             head = check_index(head, num_heads, "head", "heads")
         layers, keep_layer_axis = resolve_layers(layer, len(attentions))
         positions = resolve_positions(position, attentions, mask)
+        try:
+            scores = self.scores(attentions, mask, gradients, positions, layers, head, residual, head_fusion)
+        except RowSumError as error:  # its hint (renormalize=True) is an option of the functional API only
+            raise ValueError(
+                f"the recorded attention is not row-stochastic: {str(error).split(' Attention must')[0]}. "
+                f"Attention recorded from the model must be its softmax weights: call model.eval() "
+                f"(attention dropout in train mode changes the row sums), and make a custom extractor "
+                f"return the normalised weights."
+            ) from error
+        return scores if keep_layer_axis else scores[:, 0]
+
+    def scores(self, attentions, mask, gradients, positions, layers, head, residual, head_fusion) -> Tensor:
+        """``(batch, len(layers), ...)`` scores for resolved positions (see :meth:`attribute_recorded`)."""
         if isinstance(positions, str):
             matrices = self.graph_rows(
                 attentions, mask, gradients=gradients, layers=layers, positions=None, head=head,
@@ -480,4 +494,4 @@ class AttentionAttribution(Attribution):
                 if scores is None:
                     scores = sub.new_zeros((positions.shape[0],) + sub.shape[1:])
                 scores[rows] = sub
-        return scores if keep_layer_axis else scores[:, 0]
+        return scores

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
@@ -12,12 +14,12 @@ from captum_attnflow.graph import head_rollout, rollout
 class AttentionRollout(AttentionAttribution):
     r"""
     Attention rollout (Abnar & Zuidema 2020, §3): the attention graph is multiplied out from
-    the input up, ``R_1 = Â_1``, ``R_l = Â_l · R_{l-1}``, with ``Â_l = 0.5·A_l + 0.5·I`` (heads
+    the input up, ``R_1 = Â_1``, ``R_l = Â_l · R_{l-1}``, with ``Â_l = rownorm(A_l + I)`` (heads
     fused, residual connection modelled). Row ``i`` of ``R_l`` is the attribution of output
     position ``i`` at layer ``l`` to the input tokens; it sums to 1 over the real tokens.
 
     With ``head`` it gives the appendix A.1 "input attention" of that head:
-    ``Â_l[h] · R_{l-1}``. The math is :func:`captum_attnflow.rollout` /
+    ``rownorm(A_l[h] + I) · R_{l-1}``. The math is :func:`captum_attnflow.rollout` /
     :func:`captum_attnflow.head_rollout`; this class records the attention with hooks and picks
     the rows. All layers come from one chain of ``L`` matrix products.
 
@@ -28,9 +30,39 @@ class AttentionRollout(AttentionAttribution):
         ...                                  layer="all")   # (batch, L, n)
     """
 
+    discard_ratio: float = 0.0
+    protected_tokens: int | Sequence[int] = 0
+
+    def attribute(self, inputs, *args, discard_ratio: float = 0.0, protected_tokens: int | Sequence[int] = 0, **kwargs) -> Tensor:
+        r"""
+        Same arguments and result as :meth:`AttentionAttribution.attribute`, plus:
+
+        Args:
+
+            discard_ratio (float, optional): vit-explain's option, ``0 <= r < 1``: per example
+                        and layer, after head fusion and before the residual, zero the lowest
+                        fraction ``r`` of the fused attention entries (rows and columns of real
+                        tokens outside ``protected_tokens``), see :func:`captum_attnflow.rollout`.
+                        Not combined with ``head``.
+                        Default: 0.0
+            protected_tokens (int or list[int], optional): tokens whose row and column are
+                        never discarded.
+                        Default: 0 (the first token, ``[CLS]``)
+        """
+        if discard_ratio and kwargs.get("head", args[4] if len(args) > 4 else None) is not None:
+            raise ValueError("discard_ratio applies to the fused graph; pass head=None to use it, or discard_ratio=0.")
+        self.discard_ratio, self.protected_tokens = discard_ratio, protected_tokens
+        try:
+            return super().attribute(inputs, *args, **kwargs)
+        finally:
+            self.discard_ratio, self.protected_tokens = 0.0, 0
+
     def graph_rows(self, attentions, mask, *, gradients, layers, positions, head, residual, head_fusion) -> Tensor:
         if head is None:
-            return rollout(attentions, residual=residual, head_fusion=head_fusion, mask=mask)[:, layers]
+            return rollout(
+                attentions, residual=residual, head_fusion=head_fusion, mask=mask,
+                discard_ratio=self.discard_ratio, protected_tokens=self.protected_tokens,
+            )[:, layers]
         return torch.stack(
             [
                 head_rollout(attentions, layer=index, head=head, residual=residual, head_fusion=head_fusion, mask=mask)[:, 0]
