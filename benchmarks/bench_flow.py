@@ -4,6 +4,10 @@
     python benchmarks/bench_flow.py --quick          # n = 16 ... 128
     python benchmarks/bench_flow.py --sizes 64,128 --kinds real
 
+It prints the table's header row, then one row per size as it is measured, then the whole table,
+which it also writes to ``--out`` (default ``docs/results/flow_speed.md``, the timing table the
+README's "Speed" section includes; ``--out ''`` writes nothing).
+
 Each row times one ``attention_flow`` call for one output position (position 0, [CLS], at the
 last layer: all ``n`` sinks) and one ``rollout`` call (all layers, all positions), batch 1;
 "fast (solver only)" times the solver alone on the prepared graph (without head fusion and
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -139,6 +144,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--networkx-seconds", type=float, default=60.0, help="skip networkx beyond this (default: %(default)s)"
     )
+    parser.add_argument(
+        "--out", default="docs/results/flow_speed.md", help="Markdown file for the table ('' for none; default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
     if args.quick:
@@ -146,6 +154,7 @@ def main(argv=None) -> None:
     args.solvers = [name for name in SOLVERS if name in args.solvers.split(",")]
     torch.set_num_threads(1)
     print(f"numba threads: {numba.get_num_threads()}, CPUs: {os.cpu_count()}, torch threads: 1", flush=True)
+    print("\n".join(table([], args.solvers).splitlines()[:2]), flush=True)  # the header row, before any result
     rows = []
     for kind in args.kinds.split(","):
         make = random_attentions if kind == "random" else RealAttention()
@@ -158,6 +167,9 @@ def main(argv=None) -> None:
             print(table([row], args.solvers).splitlines()[-1], flush=True)
     print()
     print(table(rows, args.solvers))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table(rows, args.solvers) + "\n")
 
 
 if __name__ == "__main__":
