@@ -52,14 +52,18 @@ def main() -> None:
     pixels = image[None]  # (1, 3, H, W): the model's first positional argument
     side = args.image_size // args.patch_size
 
+    # discard_ratio (vit-explain's option): per layer, zero the lowest 90% of the head-fused attention
+    # entries before the residual — never the [CLS] row/column (protected_tokens=0) — which keeps
+    # only the strongest paths and usually gives a sharper map.
     methods = {
-        "rollout": AttentionRollout(model),
-        "flow": AttentionFlow(model),
-        "gradient_rollout": GradientWeightedRollout(model),
+        "rollout": (AttentionRollout(model), {}),
+        "rollout_discard_0.9": (AttentionRollout(model), {"discard_ratio": 0.9, "protected_tokens": 0}),
+        "flow": (AttentionFlow(model), {}),
+        "gradient_rollout": (GradientWeightedRollout(model), {}),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, method in methods.items():
-        scores = method.attribute(pixels, target=0)  # (1, 1 + side·side); target only matters for gradient_rollout
+    for name, (method, options) in methods.items():
+        scores = method.attribute(pixels, target=0, **options)  # (1, 1 + side·side); target only matters for gradient_rollout
         grid = patch_grid(scores, grid=(side, side), prefix_tokens=1)[0]  # (side, side)
         path = save_figure(patch_overlay(image, grid, title=f"{name}, [CLS] at the last layer"), args.out / f"{name}.png")
         top = int(grid.flatten().argmax())
