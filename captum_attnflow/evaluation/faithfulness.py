@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
@@ -75,8 +75,9 @@ def aopc_protocol(fractions: Sequence[float], target: str) -> dict[str, object]:
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
     """Validate AOPC fractions: a non-empty sequence of numbers in ``(0, 1]``."""
-    if isinstance(fractions, (str, bytes)) or not isinstance(fractions, Sequence):
+    if isinstance(fractions, (str, bytes)) or not isinstance(fractions, Iterable):
         raise TypeError(f"fractions must be a sequence of numbers in (0, 1]; got {fractions!r}.")
+    fractions = list(np.asarray(fractions, dtype=object).ravel()) if isinstance(fractions, np.ndarray) else list(fractions)
     if any(isinstance(f, bool) or not isinstance(f, numbers.Real) for f in fractions):
         raise TypeError(f"fractions must be numbers in (0, 1]; got {list(fractions)!r}.")
     fractions = tuple(float(f) for f in fractions)
