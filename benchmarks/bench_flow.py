@@ -96,7 +96,7 @@ def bench(kind: str, n: int, attentions, args, networkx_ok: bool) -> dict:
     for method in args.solvers:
         if method == "networkx" and not networkx_ok:
             continue
-        call = lambda: attention_flow(attentions, output_positions=0, layers=-1, method=method)[0, -1, 0].numpy()
+        call = lambda: attention_flow(attentions, output_positions=0, layers=-1, flow_solver=method)[0, -1, 0].numpy()
         if method == "fast":
             call()  # warm-up: numba compiles (or loads its cache) on the first call
             row[method], flows[method] = best_time(call, args.repeat)

@@ -47,7 +47,7 @@ def _method(method: str) -> str:
     if method == "auto":
         return "fast" if "fast" in SOLVERS else "networkx"
     if method not in SOLVERS:
-        raise ValueError(f"unknown flow method {method!r}; choose one of {('auto',) + tuple(SOLVERS)}.")
+        raise ValueError(f"unknown flow_solver {method!r}; choose one of {('auto',) + tuple(SOLVERS)}.")
     return method
 
 
@@ -154,7 +154,7 @@ def attention_flow(
     mask=None,
     output_positions=None,
     layers=None,
-    method: str = "auto",
+    flow_solver: str = "auto",
     renormalize: bool = False,
     workers: int = 1,
     progress: bool = False,
@@ -170,7 +170,7 @@ def attention_flow(
             removed from the graph: their attribution is 0 and their own rows are 0.
         output_positions: query positions ``i`` to trace (int, sequence, or ``None`` for all).
         layers: 0-based layers ``l-1`` to compute (int, sequence, or ``None`` for all).
-        method: max-flow solver, ``"auto"`` (``"fast"``, the exact compiled solver) or a name in
+        flow_solver: max-flow solver, ``"auto"`` (``"fast"``, the exact compiled solver) or a name in
             :data:`captum_attnflow.maxflow.SOLVERS` (``"networkx"`` is the reference, ``"scipy"``
             a baseline). Every solver is exact; they differ only in speed.
         renormalize: divide attention rows by their sums instead of rejecting rows off 1.
@@ -192,7 +192,7 @@ def attention_flow(
     batch, num_layers, n, _ = augmented.shape
     layer_list = _indices(layers, num_layers, "layers", "layers")
     positions = _indices(output_positions, n, "output_positions", "positions")
-    method = _method(method)
+    method = _method(flow_solver)
     workers = _workers(workers)
     graphs = augmented.detach().to("cpu", torch.float64).numpy()
     live = None if mask is None else mask.cpu().numpy()
@@ -211,7 +211,7 @@ def head_flow(
     head_fusion: str = "mean",
     mask=None,
     output_positions=None,
-    method: str = "auto",
+    flow_solver: str = "auto",
     renormalize: bool = False,
     workers: int = 1,
     progress: bool = False,
@@ -221,7 +221,7 @@ def head_flow(
     The graph has the layers below ``layer`` fused single-head (with the residual) and head
     ``h``'s own matrix of ``layer`` (with the residual, row-normalised) as the top layer; the flow
     from ``(layer, i)`` to each input token is computed on that graph and normalised.
-    ``method``, ``workers`` and ``progress`` are as in :func:`attention_flow`.
+    ``flow_solver``, ``workers`` and ``progress`` are as in :func:`attention_flow`.
 
     Returns:
         ``(batch, heads, n, n)`` (``heads = 1`` when ``head`` is given); unrequested rows NaN.
@@ -236,7 +236,7 @@ def head_flow(
     if head is not None:
         heads = [check_index(head, top.shape[1], "head", "heads")]
     positions = _indices(output_positions, n, "output_positions", "positions")
-    method = _method(method)
+    method = _method(flow_solver)
     workers = _workers(workers)
     below = augmented[:, :layer].detach().to("cpu", torch.float64).numpy()
     tops = top[:, heads].detach().to("cpu", torch.float64).numpy()

@@ -149,7 +149,7 @@ def _figures(model, result, out: Path, flow_solver: str) -> tuple[dict[str, str]
     maps = {
         "raw": raw_attention(attentions)[0].numpy(),
         "rollout": rollout(attentions)[0].numpy(),
-        "flow": attention_flow(attentions, method=flow_solver)[0].numpy(),
+        "flow": attention_flow(attentions, flow_solver=flow_solver)[0].numpy(),
     }
     paths = {
         "Fig. 1 — raw attention per layer": figures.plot_raw_maps(maps["raw"], tokens, out / "fig1_raw_attention.png"),

@@ -226,7 +226,7 @@ def test_scores_and_metrics_match_independent_computation(classifier, serial):
     assert target == make_data(10)[3]["label"]
     np.testing.assert_allclose(record["scores"]["raw"], raw_attention(out.attentions)[0, :, 0].numpy(), atol=1e-6)
     np.testing.assert_allclose(record["scores"]["rollout"], rollout(out.attentions)[0, :, 0].numpy(), atol=1e-6)
-    flow = attention_flow(out.attentions, output_positions=0, method="networkx")[0, :, 0].numpy()
+    flow = attention_flow(out.attentions, output_positions=0, flow_solver="networkx")[0, :, 0].numpy()
     np.testing.assert_allclose(record["scores"]["flow"], flow, atol=1e-5)
 
     def prob(x):

@@ -30,10 +30,11 @@ TOL = 1e-5
 
 def build_capacities(raw: np.ndarray, live: np.ndarray | None, residual: bool) -> np.ndarray:
     """``raw`` ``(L, heads, n, n)`` -> ``Â`` ``(L, n, n)`` in float64, straight from docs/design.md."""
-    fused = raw.astype(np.float64).mean(axis=1)
-    n = fused.shape[-1]
+    n = raw.shape[-1]
     keep = np.ones(n) if live is None else live.astype(np.float64)
-    fused = fused * keep[None, None, :] * keep[None, :, None]
+    heads = raw.astype(np.float64) * keep  # each head restricted to the real keys ...
+    heads = heads / np.where(heads.sum(-1, keepdims=True) > 0, heads.sum(-1, keepdims=True), 1.0)  # ... and renormalised
+    fused = heads.mean(axis=1) * keep[None, :, None]
     out = np.zeros_like(fused)
     for layer in range(fused.shape[0]):
         for i in range(n):
@@ -160,7 +161,7 @@ def test_flow_matches_networkx_on_real_attention(real_attention, real_expected, 
     attention, mask = real_attention
     raw = [attention[:, layer] for layer in range(attention.shape[1])]
     for b, layer, position in REAL_CASES:
-        out = attention_flow(raw, mask=mask, output_positions=position, layers=layer, method=method)
+        out = attention_flow(raw, mask=mask, output_positions=position, layers=layer, flow_solver=method)
         assert isinstance(out, np.ndarray) and out.dtype == np.float32
         np.testing.assert_allclose(out[b, layer, position], real_expected[b, layer, position], atol=TOL, rtol=0)
         others = np.ones(out.shape[:3], dtype=bool)
@@ -188,7 +189,7 @@ def test_solvers_on_planted_cls_chain(method, n, num_layers):
     trivial = np.minimum(1.0, capacities[0].sum(axis=0))
     assert (expected[1:] < trivial[1:] - 0.1).all(), "the planted min cut must not be the trivial cut"
     np.testing.assert_allclose(SOLVERS[method](capacities, 0), expected, atol=TOL, rtol=0)
-    out = attention_flow(raw, output_positions=0, layers=-1, method=method)
+    out = attention_flow(raw, output_positions=0, layers=-1, flow_solver=method)
     np.testing.assert_allclose(out[0, -1, 0], expected / expected.sum(), atol=TOL, rtol=0)
 
 
@@ -248,8 +249,8 @@ def test_workers_and_progress_give_the_same_result(capsys):
     rng = np.random.default_rng(4)
     raw = random_attention(rng, 3, 3, 2, 9)
     mask = padding_mask(3, 9, rng)
-    serial = attention_flow(raw, mask=mask, output_positions=[0, 3], method="scipy")
-    parallel = attention_flow(raw, mask=mask, output_positions=[0, 3], method="scipy", workers=2, progress=True)
+    serial = attention_flow(raw, mask=mask, output_positions=[0, 3], flow_solver="scipy")
+    parallel = attention_flow(raw, mask=mask, output_positions=[0, 3], flow_solver="scipy", workers=2, progress=True)
     np.testing.assert_array_equal(np.isnan(serial), np.isnan(parallel))
     np.testing.assert_allclose(serial, parallel, atol=0, rtol=0)
     assert "attention flow (scipy)" in capsys.readouterr().err
@@ -330,8 +331,8 @@ def small():
 
 
 def test_unknown_method(small):
-    with pytest.raises(ValueError, match="unknown flow method 'bogus'.*networkx"):
-        attention_flow(small, method="bogus")
+    with pytest.raises(ValueError, match="unknown flow_solver 'bogus'.*networkx"):
+        attention_flow(small, flow_solver="bogus")
 
 
 @pytest.mark.parametrize(

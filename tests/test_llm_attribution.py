@@ -91,7 +91,7 @@ def test_rows_equal_the_method_on_prefixes(tiny, cls, layer):
 def test_flow_rows_match_networkx(tiny):
     model, tokenizer = tiny
     result = LLMAttentionAttribution(AttentionFlow(model), tokenizer).attribute(PROMPT, target=TARGET)
-    reference = prefix_rows(AttentionFlow(model, method="networkx"), tokenizer, PROMPT,
+    reference = prefix_rows(AttentionFlow(model, flow_solver="networkx"), tokenizer, PROMPT,
                             tokenizer.encode(TARGET, add_special_tokens=False))
     torch.testing.assert_close(result.token_attr, reference, rtol=1e-5, atol=1e-6)
     # flow rows are shares of a unit mass: on the prompt at most 1, exactly 1 for row 0

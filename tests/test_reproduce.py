@@ -54,7 +54,7 @@ def test_study_matches_brute_force(checkpoint):
         expected = {
             "raw": raw_attention(attentions)[0, [0, 2], 0].numpy(),
             "rollout": rollout(attentions)[0, [0, 2], 0].numpy(),
-            "flow": attention_flow(attentions, output_positions=0, method="networkx")[0, [0, 2], 0].numpy(),
+            "flow": attention_flow(attentions, output_positions=0, flow_solver="networkx")[0, [0, 2], 0].numpy(),
         }
         for name, values in expected.items():
             np.testing.assert_allclose(scores.methods[name], values, atol=1e-5)

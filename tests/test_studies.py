@@ -525,7 +525,7 @@ def test_pronoun_study_weights_match_raw_attention_and_flow_reference(smollm2):
     raw = raw_attention(out.attentions)[0, :, -1].numpy() @ selectors
     np.testing.assert_allclose(result.weights["raw"][0], raw, atol=1e-5)
     layers = [0, 3]
-    reference = attention_flow(out.attentions, output_positions=-1, layers=layers, method="networkx")[0, layers, -1]
+    reference = attention_flow(out.attentions, output_positions=-1, layers=layers, flow_solver="networkx")[0, layers, -1]
     np.testing.assert_allclose(result.weights["flow"][0, layers], reference.numpy() @ selectors, atol=1e-5)
 
 

@@ -89,7 +89,7 @@ class StudyResult:
 
 def _flow_cls_rows(stack: np.ndarray, layers: list[int], method: str) -> np.ndarray:
     """``(b, k, n)`` flow of [CLS] at the 0-based ``layers`` from attention ``(b, L, H, n, n)``."""
-    return attention_flow(stack, output_positions=0, layers=layers, method=method)[:, layers, 0, :]
+    return attention_flow(stack, output_positions=0, layers=layers, flow_solver=method)[:, layers, 0, :]
 
 
 def run_study(

@@ -37,7 +37,7 @@ class AttentionFlow(AttentionAttribution):
         forward_func: Callable,
         attention_layers: Sequence[nn.Module] | Sequence[str] | None = None,
         extractor: Callable | None = None,
-        method: str = "auto",
+        flow_solver: str = "auto",
     ) -> None:
         r"""
         Args:
@@ -47,15 +47,15 @@ class AttentionFlow(AttentionAttribution):
                         modules (or name patterns), first layer first. Default: discovered.
             extractor (Callable, optional): ``fn(module, args, kwargs, output)`` returning a
                         module's attention ``(batch, heads, n, n)``. Default: built-in adapters.
-            method (str, optional): The exact max-flow solver, ``"auto"`` (the fastest
+            flow_solver (str, optional): The exact max-flow solver, ``"auto"`` (the fastest
                         available) or a name in :data:`captum_attnflow.maxflow.SOLVERS`.
                         Default: "auto"
         """
         super().__init__(forward_func, attention_layers, extractor)
-        self.method = method
+        self.flow_solver = flow_solver
 
     def graph_rows(self, attentions, mask, *, gradients, layers, positions, head, residual, head_fusion) -> Tensor:
-        options = dict(residual=residual, head_fusion=head_fusion, mask=mask, output_positions=positions, method=self.method)
+        options = dict(residual=residual, head_fusion=head_fusion, mask=mask, output_positions=positions, flow_solver=self.flow_solver)
         if head is None:
             return attention_flow(attentions, layers=sorted(set(layers)), **options)[:, layers]
         return torch.stack([head_flow(attentions, layer=index, head=head, **options)[:, 0] for index in layers], dim=1)

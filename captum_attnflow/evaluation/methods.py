@@ -134,7 +134,7 @@ def flow_task(graph: np.ndarray, position: Position, residual: bool, solver: str
     """
     try:
         index = resolve_position(position, graph.shape[-1])
-        flows = attention_flow(graph[None, :, None], residual=residual, output_positions=index, method=solver)
+        flows = attention_flow(graph[None, :, None], residual=residual, output_positions=index, flow_solver=solver)
         return "ok", query_scores(flows[0], position)
     except Exception as error:  # noqa: BLE001 - reported per example by the runner
         return "error", f"{type(error).__name__}: {error}"

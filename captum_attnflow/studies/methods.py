@@ -20,5 +20,5 @@ def attention_methods(model: nn.Module, *, flow_solver: str = "auto") -> dict:
     return {
         "raw": RawAttention(model),
         "rollout": AttentionRollout(model),
-        "flow": AttentionFlow(model, method=flow_solver),
+        "flow": AttentionFlow(model, flow_solver=flow_solver),
     }
