@@ -272,7 +272,7 @@ def compare_attributions(
             method = GradientWeightedRollout(forward, attention_layers=attention_layers, extractor=extractor)
             scores = method.attribute(input_ids, target=target, additional_forward_args=additional_forward_args, **options)
         elif name in ATTENTION_METHODS:
-            kwargs = {"method": flow_solver} if name == "flow" else {}
+            kwargs = {"flow_solver": flow_solver} if name == "flow" else {}
             method = ATTENTION_METHODS[name](forward, attention_layers=attention_layers, extractor=extractor, **kwargs)
             scores = method.attribute_recorded(attentions, mask, **options)
         else:

@@ -157,8 +157,8 @@ def test_head_fused_capture_gives_same_rollout(family):
         n = reference[0].shape[-1]
         assert all(layer.shape == (BATCH, 1, n, n) for layer in recorder.attentions)
         expected = rollout(reference, head_fusion=head_fusion, mask=recorder.mask)
-        # max/min-fused rows do not sum to 1: rollout must renormalise them (mean ones do).
-        fused = rollout(recorder.attentions, mask=recorder.mask, renormalize=head_fusion != "mean")
+        # a one-head max/min recording passed with the same head_fusion is taken as already fused
+        fused = rollout(recorder.attentions, mask=recorder.mask, head_fusion=head_fusion)
         torch.testing.assert_close(fused, expected, atol=1e-6, rtol=0)
 
 

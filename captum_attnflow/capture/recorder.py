@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -57,6 +58,41 @@ class _Pass:
     cross_attentions: list[torch.Tensor] = field(default_factory=list)
     cross_layers: list[str] = field(default_factory=list)
     fired: set[str] = field(default_factory=set)
+
+
+class _ModelTurns:
+    """One thread at a time records a given model; recorders of one thread may nest.
+
+    torch registers and runs a module's hooks without a lock: a hook registered by one thread
+    while another thread is inside the module's forward can be called with the wrong arguments.
+    So attaching a recorder waits until recorders attached by other threads on the same model are
+    removed (recording from several threads is serialised per model; different models run freely).
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._owners: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+
+    def acquire(self, model: nn.Module) -> None:
+        me = threading.get_ident()
+        with self._condition:
+            while model in self._owners and self._owners[model][0] != me:
+                self._condition.wait()
+            owner = self._owners.setdefault(model, [me, 0])
+            owner[1] += 1
+
+    def release(self, model: nn.Module) -> None:
+        with self._condition:
+            owner = self._owners.get(model)
+            if owner is None:
+                return
+            owner[1] -= 1
+            if owner[1] <= 0:
+                del self._owners[model]
+                self._condition.notify_all()
+
+
+_MODEL_TURNS = _ModelTurns()
 
 
 class AttentionRecorder:
@@ -205,6 +241,7 @@ class AttentionRecorder:
         self._running: _Pass | None = None
         self._recorded: _Pass | None = None
         self._holds_fastpath = False
+        self._holds_turn = False  # this recorder's turn on the model (see _ModelTurns)
         self._owner: int | None = None  # the thread that attached the hooks
         self._passes_elsewhere = False  # a pass ran in another thread while attached
 
@@ -226,6 +263,8 @@ class AttentionRecorder:
             )
         self._owner = threading.get_ident()
         self._passes_elsewhere = False
+        _MODEL_TURNS.acquire(self.model)
+        self._holds_turn = True
         try:
             for layer in self._layers:
                 pre_hook = self._layer_pre_hook(layer)
@@ -267,6 +306,9 @@ class AttentionRecorder:
         if self._holds_fastpath:
             self._holds_fastpath = False
             FastPathOff.release()
+        if self._holds_turn:
+            self._holds_turn = False
+            _MODEL_TURNS.release(self.model)
         self._running = None
 
     def __enter__(self) -> "AttentionRecorder":
