@@ -123,7 +123,7 @@ def _sort_arcs(capacities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 @numba.njit(cache=True)
 def _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank, flow, sink_flow,
                    level, arc_of, path_layer, path_node, path_arc, path_residual, touched, recorded,
-                   num_touched, limit, backward):
+                   num_touched, limit, backward, floor):
     """Dinic's blocking flow on the level graph ``level`` by depth-first search.
 
     Node ``(k, i)`` has id ``k·n + i``; the sink ``(0, sink)`` has id ``sink``. The arcs of node
@@ -218,7 +218,7 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, nu
                     arc_of[u] = n
                     continue
                 head = order[k - 1, i, arc]
-                if level[(k - 1) * n + head] == level[u] + 1:
+                if head >= floor and level[(k - 1) * n + head] == level[u] + 1:
                     residual = sorted_caps[k - 1, i, arc] - flow[k - 1, i, arc]
                     if residual > RESIDUAL_EPS:
                         advanced = True
@@ -250,7 +250,8 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, nu
 
 
 @numba.njit(cache=True)
-def _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank, flow, sink_flow, level, queue):
+def _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank, flow, sink_flow, level, queue,
+            floor):
     """Breadth-first distances from the source in the residual graph; False if the sink is cut off."""
     level[:] = -1
     top = num_layers * n + source
@@ -270,6 +271,8 @@ def _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs,
                 level[sink] = level[u] + 1
         else:
             for arc in range(num_arcs[k - 1, i]):
+                if order[k - 1, i, arc] < floor:
+                    continue
                 v = (k - 1) * n + order[k - 1, i, arc]
                 if level[v] < 0 and sorted_caps[k - 1, i, arc] - flow[k - 1, i, arc] > RESIDUAL_EPS:
                     level[v] = level[u] + 1
@@ -288,7 +291,7 @@ def _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs,
 @numba.njit(cache=True)
 def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank, upper,
                       flow, sink_flow, level, arc_of, path_layer, path_node, path_arc, path_residual, queue, touched,
-                      recorded):
+                      recorded, floor):
     """Exact max-flow value from ``(num_layers, source)`` to ``(0, sink)``; leaves ``flow`` zeroed."""
     sink_flow[:] = 0.0
     # Phase 1: the level graph is the layered DAG itself (every source-sink path has num_layers
@@ -305,12 +308,12 @@ def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, order, sorted_caps,
         pushed, num_touched = _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank,
                                              flow, sink_flow, level, arc_of, path_layer, path_node, path_arc,
                                              path_residual, touched, recorded, num_touched, upper - CUT_GAP - value,
-                                             backward)
+                                             backward, floor)
         value += pushed
         if value >= upper - CUT_GAP:
             break
         if not _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank, flow, sink_flow,
-                       level, queue):
+                       level, queue, floor):
             break
         arc_of[:] = 0
         backward = True  # later level graphs can use reverse arcs
@@ -319,6 +322,31 @@ def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, order, sorted_caps,
         flat[touched[t]] = 0.0
         recorded[touched[t]] = False
     return value
+
+
+@numba.njit(cache=True, nogil=True)
+def _leak_past(capacities):
+    """``leak[j]``: capacity of the arcs from positions ``< j`` to positions ``>= j`` below the top.
+
+    With it, ``Σ_{m >= j} capacities[-1][source, m] + leak[j]`` is the capacity of a cut for sink
+    ``(0, j)``: the source side is the source and every node at a position ``< j`` in the layers
+    below it (layer 0 included, the sink excepted). On causal (lower-triangular) attention
+    ``leak = 0`` and this "suffix cut" is the min cut for almost every sink (``docs/solver.md``),
+    so the solver stops as soon as its flow reaches it instead of proving optimality with
+    breadth-first searches; a source at a position below the sink gets 0 at once.
+    """
+    num_layers, n, _ = capacities.shape
+    leak = np.zeros(n)
+    for k in range(num_layers - 1):  # arcs between the layers below the top
+        # crossing[j] = Σ_{i < j} Σ_{m >= j} capacities[k][i, m], updated from j to j + 1
+        crossing = 0.0
+        for j in range(1, n):
+            for m in range(j, n):  # row j - 1 joins the source side
+                crossing += capacities[k, j - 1, m]
+            for i in range(j - 1):  # column j - 1 leaves the sink side
+                crossing -= capacities[k, i, j - 1]
+            leak[j] += crossing
+    return leak
 
 
 @numba.njit(cache=True, nogil=True)
@@ -343,15 +371,22 @@ def _solve_sinks(capacities, order, sorted_caps, num_arcs, rank, sources, first,
     queue = np.empty(nodes, np.int64)
     touched = np.empty(num_layers * n * n, np.int64)
     recorded = np.zeros(num_layers * n * n, np.bool_)
+    leak = _leak_past(capacities)
+    # Causal (no arc to a later position below the top): nodes at positions below the sink cannot
+    # reach it, carry no flow and are never searched.
+    causal = leak.max() <= 0.0
     for task in range(first, len(sources) * n, step):
         position = task // n
         sink = task - position * n
         source = sources[position]
-        upper = min(upper_source[source], upper_sink[sink])
+        suffix = 0.0  # the source's arcs into positions >= sink
+        for m in range(sink, n):
+            suffix += capacities[num_layers - 1, source, m]
+        upper = min(upper_source[source], upper_sink[sink], suffix + leak[sink])
         out[position, sink] = _max_flow_to_sink(num_layers, n, source, sink, into_sink[sink], order, sorted_caps,
                                                 num_arcs, rank,
                                                 upper, flow, sink_flow, level, arc_of, path_layer, path_node, path_arc,
-                                                path_residual, queue, touched, recorded)
+                                                path_residual, queue, touched, recorded, sink if causal else 0)
 
 
 def fast_max_flows_many(capacities: np.ndarray, sources: Sequence[int], threads: int | None = None) -> np.ndarray:
