@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from captum_attnflow.cli import non_negative_int, positive_int
-from captum_attnflow.results_md import add_option, check_directory, write_table
+from captum_attnflow.results_md import add_option, write_table
 
 HELP = "reproduce the paper's verb-agreement study: Tables 1-2 and Figs. 1-3 (offline, minutes)"
 
@@ -84,7 +84,6 @@ def _check_arguments(args: argparse.Namespace) -> Path:
         raise UsageError(f"--flow-solver {args.flow_solver!r} is unknown; choose one of {('auto', *SOLVERS)}.")
     try:
         out = writable_directory(args.out, "--out")
-        check_directory(args.results_md)
         if args.results_md is not None:
             writable_directory(args.results_md, "--results-md")
         if args.retrain and args.checkpoint:

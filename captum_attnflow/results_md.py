@@ -27,16 +27,6 @@ def add_option(parser: argparse.ArgumentParser) -> None:
                              "them (in a clone: docs/results, then python docs/sync_readme.py)")
 
 
-def check_directory(directory: Path | None) -> None:
-    """Fail before any work when ``--results-md`` cannot be a folder.
-
-    Raises:
-        ValueError: ``directory`` exists and is not a folder.
-    """
-    if directory is not None and directory.exists() and not directory.is_dir():
-        raise ValueError(f"{OPTION} {directory} exists and is a file; pass a folder (it is created if missing).")
-
-
 def write_table(directory: Path | None, name: str, table: str) -> Path | None:
     """Write ``table`` (Markdown, optionally preceded by one line of context) to
     ``directory/<name>.md``; nothing when ``directory`` is ``None``. Returns the path written."""

@@ -33,8 +33,9 @@ import torch
 from matplotlib.figure import Figure
 
 from captum_attnflow import AttentionFlow, AttentionRollout, LLMAttentionAttribution
+from captum_attnflow.files import writable_directory
 from captum_attnflow.metrics import spearman
-from captum_attnflow.results_md import add_option, check_directory, write_table
+from captum_attnflow.results_md import add_option, write_table
 from captum_attnflow.visualize import save_figure
 
 PROMPT = "Marie Curie was born in Warsaw but worked in France. She won the Nobel Prize twice, and her daughter Irène"
@@ -146,7 +147,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"target {QUICK_TARGET!r}, 4 IG steps (for the tests)")
     add_option(parser)
     args = parser.parse_args()
-    check_directory(args.results_md)
+    if args.results_md is not None:
+        writable_directory(args.results_md, "--results-md")  # fail before the model passes
     torch.set_num_threads(1)  # timings comparable on a shared machine
     target = args.target or (QUICK_TARGET if args.quick else TARGET)
     n_steps = args.n_steps or (4 if args.quick else 32)

@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 
 from captum_attnflow.cli import non_negative_int, positive_int
-from captum_attnflow.results_md import add_option, check_directory, evaluation_table, write_table
+from captum_attnflow.results_md import add_option, evaluation_table, write_table
 
 HELP = "faithfulness of raw/rollout/flow and Captum methods over a dataset (parallel, resumable)"
 EXIT_LOST = 3
@@ -236,7 +236,6 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     try:
         agreement = args.model == "agreement" or args.model.endswith(".pt")
-        check_directory(args.results_md)
         if args.results_md is not None:
             writable_directory(args.results_md, "--results-md")
         writable_directory(args.out, "--out")

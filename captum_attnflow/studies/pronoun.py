@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from captum_attnflow.cli import flow_solver, non_negative_int, positive_int
-from captum_attnflow.results_md import add_option, check_directory, write_table
+from captum_attnflow.results_md import add_option, write_table
 from captum_attnflow.studies.methods import METHODS, attention_methods
 from captum_attnflow.validation import check_count
 
@@ -314,7 +314,6 @@ def run(args: argparse.Namespace) -> int:
     from captum_attnflow.files import writable_directory
 
     try:
-        check_directory(args.results_md)
         writable_directory(args.out, "--out")
         if args.results_md is not None:
             writable_directory(args.results_md, "--results-md")

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from captum_attnflow.cli import flow_solver, non_negative_int, positive_int
-from captum_attnflow.results_md import add_option, check_directory, write_table
+from captum_attnflow.results_md import add_option, write_table
 from captum_attnflow.studies.methods import METHODS, attention_methods
 from captum_attnflow.validation import check_count
 
@@ -296,7 +296,6 @@ def run(args: argparse.Namespace) -> int:
     cache = args.cache_dir or default_cache_dir()
     config = FinetuneConfig(epochs=args.epochs, max_length=args.max_length, seed=args.seed, train_limit=args.train_limit)
     try:
-        check_directory(args.results_md)
         _check_outputs(args)
         snippets = load_movie_snippets(args.data, cache)
         train, test = sentiment_split(snippets, test_fraction=config.test_fraction, seed=config.seed)
