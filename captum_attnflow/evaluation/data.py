@@ -166,19 +166,6 @@ def dataset_identity(data: Iterable[Any]) -> tuple[Iterable[Any], str, int]:
     return data, digest.hexdigest(), count
 
 
-def dataset_size(data: Any) -> int | None:
-    """Number of examples when the dataset knows it (for the progress bar), else ``None``."""
-    if isinstance(data, torch.utils.data.DataLoader):
-        try:
-            return len(data.dataset)
-        except TypeError:
-            return None
-    try:
-        return len(data)
-    except TypeError:
-        return None
-
-
 def fit_length(example: Example, max_length: int | None, truncation: Truncation) -> tuple[Example, bool]:
     """Check an example against the model's maximum length.
 
