@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from captum_attnflow.cli import non_negative_int, positive_int
+from captum_attnflow.cli import flow_solver, non_negative_int, positive_int
 from captum_attnflow.results_md import add_option, write_table
 
 HELP = "reproduce the paper's verb-agreement study: Tables 1-2 and Figs. 1-3 (offline, minutes)"
@@ -51,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "--retrain, where to save the new one")
     parser.add_argument("--layers", default=None, metavar="LIST",
                         help="layers to report, 1-based: '1,3,6' or '2-6' (default: all)")
-    parser.add_argument("--flow-solver", default="auto", metavar="NAME",
+    parser.add_argument("--flow-solver", type=flow_solver, default="auto", metavar="NAME",
                         help="max-flow solver for attention flow: 'auto' (fastest exact) or a name in "
                              "captum_attnflow.maxflow.SOLVERS")
     parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
@@ -76,12 +76,9 @@ def parse_layers(text: str | None, num_layers: int) -> list[int]:
 
 
 def _check_arguments(args: argparse.Namespace) -> Path:
-    """Everything that can be checked before loading or training: solver, output folders."""
+    """Everything that can be checked before loading or training: the output folders."""
     from captum_attnflow.files import writable_directory
-    from captum_attnflow.maxflow import SOLVERS
 
-    if args.flow_solver not in ("auto", *SOLVERS):
-        raise UsageError(f"--flow-solver {args.flow_solver!r} is unknown; choose one of {('auto', *SOLVERS)}.")
     try:
         out = writable_directory(args.out, "--out")
         if args.results_md is not None:

@@ -40,7 +40,7 @@ import functools
 import sys
 from pathlib import Path
 
-from captum_attnflow.cli import non_negative_int, positive_int
+from captum_attnflow.cli import flow_solver, non_negative_int, positive_int
 from captum_attnflow.results_md import add_option, evaluation_table, write_table
 
 HELP = "faithfulness of raw/rollout/flow and Captum methods over a dataset (parallel, resumable)"
@@ -107,7 +107,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="maximum tokens per example, at most the model's (default: the model's)")
     parser.add_argument("--truncation", choices=("warn", "error"), default="warn",
                         help="too-long examples: cut with a warning, or record as failed (default warn)")
-    parser.add_argument("--flow-solver", default="auto", help="max-flow solver (default auto: the fastest exact one)")
+    parser.add_argument("--flow-solver", type=flow_solver, default="auto", help="max-flow solver (default auto: the fastest exact one)")
     parser.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_option(parser)
