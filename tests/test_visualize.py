@@ -145,6 +145,8 @@ def test_report_page_is_self_contained_and_escaped(tmp_path):
             markdown_to_html(f"![x]({source})", tmp_path)
     with pytest.raises(FileNotFoundError, match="write the figure"):
         markdown_to_html("![x](missing.png)", tmp_path)
+    bracketed = markdown_to_html("![Fig. 3 — [CLS] rows](f.png)", tmp_path)  # brackets inside the caption
+    assert "data:image/png;base64," in bracketed and "![" not in bracketed and "[CLS] rows" in bracketed
     methods = [ExplorerMethod("m", "m", ("L1", "L2"))]
     with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
         explorer_payload(methods, [ExplorerExample("e", ["a", "b"], {"m": np.zeros((3, 2))})])

@@ -193,7 +193,7 @@ def markdown_to_html(markdown: str, image_dir: str | Path | None = None) -> str:
             level = len(stripped) - len(stripped.lstrip("#"))
             blocks.append(f"<h{level}>{_inline(stripped[level:].strip())}</h{level}>")
             i += 1
-        elif match := re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", stripped):
+        elif match := re.fullmatch(r"!\[(.*)\]\(([^)]+)\)", stripped):
             blocks.append(_image(match.group(1), match.group(2), image_dir))
             i += 1
         else:
