@@ -102,32 +102,77 @@ CUT_GAP = 1e-12
 THREADS_MIN_WORK = 4_000_000
 
 
-def _sort_arcs(capacities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Arcs of every node sorted by decreasing capacity (the solver reads layers ``1..l-1``).
+#: Arcs are ordered in capacity classes ``(2^-(b+1)/2, 2^-b/2]`` (a factor ``√2`` each, class ``b =
+#: 0..ARC_CLASSES-2``; everything at or below :data:`RESIDUAL_EPS` in the last class), largest first.
+ARC_CLASSES = 64
 
-    Returns ``(order, sorted_caps, num_arcs, rank)``: ``order[k, i, r]`` is the head of the
-    ``r``-th largest arc out of ``(k+1, i)``, ``sorted_caps[k, i, r]`` its capacity,
-    ``num_arcs[k, i]`` the number of arcs above :data:`RESIDUAL_EPS` (the others are never used)
-    and ``rank[k, i, order[k, i, r]] = r``; all ``(l, n, n)`` except ``num_arcs`` ``(l, n)``.
-    Ties are in any order.
+
+def _sort_arcs(capacities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Arcs of every node in decreasing capacity classes, by decreasing head position within a class.
+
+    The classes (a factor ``√2`` apart, :data:`ARC_CLASSES`) keep the search on big arcs first;
+    the position order inside a class lets a search that may only use heads at positions
+    ``>= floor`` (causal attention, see :func:`_solve_sinks`) skip the rest of a class at its
+    first head below ``floor`` instead of scanning it.
+
+    Returns ``(order, num_arcs, class_end)``: ``order[k, i, r]`` ``(l, n, n)`` is the head of the
+    ``r``-th arc out of ``(k+1, i)``, ``num_arcs[k, i]`` ``(l, n)`` the number of arcs above
+    :data:`RESIDUAL_EPS` (they come first; the others are never used) and ``class_end[k, i, b]``
+    ``(l, n, ARC_CLASSES)`` the index after the last arc of the classes ``<= b``.
     """
-    n = capacities.shape[-1]
-    order = np.argsort(-capacities, axis=-1).astype(np.int32)
-    sorted_caps = np.take_along_axis(capacities, order, axis=-1)
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(n, dtype=np.int32)[None, None, :], axis=-1)
-    num_arcs = (sorted_caps > RESIDUAL_EPS).sum(axis=-1, dtype=np.int32)
-    return order, sorted_caps, num_arcs, rank
+    num_layers, n, _ = capacities.shape
+    order = np.empty((num_layers, n, n), np.int32)
+    class_end = np.empty((num_layers, n, ARC_CLASSES), np.int32)
+    _sort_rows(capacities, order, class_end)
+    num_arcs = np.ascontiguousarray(class_end[..., ARC_CLASSES - 2])
+    return order, num_arcs, class_end
+
+
+@numba.njit(cache=True, nogil=True)
+def _sort_rows(capacities, order, class_end):
+    """Counting sort of every row into :func:`_sort_arcs`' order (``O(n)`` per row, no comparisons)."""
+    num_layers, n, _ = capacities.shape
+    classes = np.empty(n, np.int64)
+    start = np.empty(ARC_CLASSES, np.int64)
+    for k in range(num_layers):
+        for i in range(n):
+            start[:] = 0
+            for j in range(n):
+                c = capacities[k, i, j]
+                if c <= RESIDUAL_EPS:
+                    b = ARC_CLASSES - 1
+                else:
+                    b = min(max(int(np.floor(-2.0 * np.log2(c))), 0), ARC_CLASSES - 2)
+                classes[j] = b
+                start[b] += 1
+            total = 0
+            for b in range(ARC_CLASSES):
+                total += start[b]
+                class_end[k, i, b] = total
+                start[b] = total - start[b]
+            for j in range(n - 1, -1, -1):
+                r = start[classes[j]]
+                start[classes[j]] = r + 1
+                order[k, i, r] = j
+
+
+@numba.njit(cache=True, inline="always")
+def _end_of_class(class_end, layer, node, arc):
+    """The index after the last arc of the capacity class of arc ``arc`` of ``(layer + 1, node)``."""
+    b = 0
+    while class_end[layer, node, b] <= arc:
+        b += 1
+    return class_end[layer, node, b]
 
 
 @numba.njit(cache=True)
-def _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank, flow, sink_flow,
+def _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, class_end, flow, sink_flow,
                    level, arc_of, path_layer, path_node, path_arc, path_residual, touched, recorded,
                    num_touched, limit, backward, floor):
     """Dinic's blocking flow on the level graph ``level`` by depth-first search.
 
     Node ``(k, i)`` has id ``k·n + i``; the sink ``(0, sink)`` has id ``sink``. The arcs of node
-    ``(k, i)`` are numbered: ``0..n-1`` its arcs down to layer ``k-1`` in decreasing capacity (for
+    ``(k, i)`` are numbered: ``0..n-1`` its arcs down to layer ``k-1`` in :func:`_sort_arcs` order (for
     ``k = 1``: arc 0 is the arc into the sink), ``n..2n-1`` the reverse of the arcs from
     ``(k+1, p)``, ``p = 0..n-1`` (residual = their flow; only scanned when ``backward``).
     ``arc_of[u]`` is the current-arc pointer. The current path is kept in ``path_*`` (layer,
@@ -168,19 +213,22 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, nu
             while arc_of[u] < num_arcs[1, i] and budget - amount > RESIDUAL_EPS:
                 arc = arc_of[u]
                 head = order[1, i, arc]
+                if head < floor:  # the rest of this capacity class is below floor too
+                    arc_of[u] = _end_of_class(class_end, 1, i, arc)
+                    continue
                 if level[n + head] == level[u] + 1:
-                    into_head = sorted_caps[1, i, arc] - flow[1, i, arc]
+                    into_head = capacities[1, i, head] - flow[1, i, head]
                     out_of_head = sink_cap[head] - sink_flow[head]
                     if out_of_head <= RESIDUAL_EPS:
                         level[n + head] = -1
                     elif into_head > RESIDUAL_EPS:
                         pushed = min(budget - amount, into_head, out_of_head)
-                        index = (n + i) * n + arc
+                        index = (n + i) * n + head
                         if not recorded[index]:
                             recorded[index] = True
                             touched[num_touched] = index
                             num_touched += 1
-                        flow[1, i, arc] += pushed
+                        flow[1, i, head] += pushed
                         sink_flow[head] += pushed
                         amount += pushed
                         if out_of_head - pushed <= RESIDUAL_EPS:
@@ -195,15 +243,15 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, nu
                 node = path_node[d]
                 arc = path_arc[d]
                 if arc < n:
-                    index = ((kd - 1) * n + node) * n + arc
+                    head = path_node[d + 1]
+                    index = ((kd - 1) * n + node) * n + head
                     if not recorded[index]:
                         recorded[index] = True
                         touched[num_touched] = index
                         num_touched += 1
-                    flow[kd - 1, node, arc] += amount
+                    flow[kd - 1, node, head] += amount
                 else:
-                    p = arc - n
-                    flow[kd, p, rank[kd, p, node]] -= amount
+                    flow[kd, arc - n, node] -= amount
                 path_residual[d] -= amount
                 if path_residual[d] <= RESIDUAL_EPS:
                     retreat = d
@@ -218,15 +266,18 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, nu
                     arc_of[u] = n
                     continue
                 head = order[k - 1, i, arc]
-                if head >= floor and level[(k - 1) * n + head] == level[u] + 1:
-                    residual = sorted_caps[k - 1, i, arc] - flow[k - 1, i, arc]
+                if head < floor:  # the rest of this capacity class is below floor too
+                    arc_of[u] = _end_of_class(class_end, k - 1, i, arc)
+                    continue
+                if level[(k - 1) * n + head] == level[u] + 1:
+                    residual = capacities[k - 1, i, head] - flow[k - 1, i, head]
                     if residual > RESIDUAL_EPS:
                         advanced = True
                         head_layer = k - 1
                         break
             elif backward and arc < 2 * n and k < num_layers:
                 head = arc - n
-                residual = flow[k, head, rank[k, head, i]]
+                residual = flow[k, head, i]
                 if residual > RESIDUAL_EPS and level[(k + 1) * n + head] == level[u] + 1:
                     advanced = True
                     head_layer = k + 1
@@ -250,7 +301,7 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, nu
 
 
 @numba.njit(cache=True)
-def _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank, flow, sink_flow, level, queue,
+def _levels(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, class_end, flow, sink_flow, level, queue,
             floor):
     """Breadth-first distances from the source in the residual graph; False if the sink is cut off."""
     level[:] = -1
@@ -270,18 +321,22 @@ def _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs,
             if level[sink] < 0 and sink_cap[i] - sink_flow[i] > RESIDUAL_EPS:
                 level[sink] = level[u] + 1
         else:
-            for arc in range(num_arcs[k - 1, i]):
+            arc = 0
+            while arc < num_arcs[k - 1, i]:
                 if order[k - 1, i, arc] < floor:
+                    arc = _end_of_class(class_end, k - 1, i, arc)
                     continue
-                v = (k - 1) * n + order[k - 1, i, arc]
-                if level[v] < 0 and sorted_caps[k - 1, i, arc] - flow[k - 1, i, arc] > RESIDUAL_EPS:
+                head_node = order[k - 1, i, arc]
+                v = (k - 1) * n + head_node
+                if level[v] < 0 and capacities[k - 1, i, head_node] - flow[k - 1, i, head_node] > RESIDUAL_EPS:
                     level[v] = level[u] + 1
                     queue[tail] = v
                     tail += 1
+                arc += 1
         if k < num_layers:
-            for p in range(n):
+            for p in range(floor, n):  # nodes below floor carry no flow
                 v = (k + 1) * n + p
-                if level[v] < 0 and flow[k, p, rank[k, p, i]] > RESIDUAL_EPS:
+                if level[v] < 0 and flow[k, p, i] > RESIDUAL_EPS:
                     level[v] = level[u] + 1
                     queue[tail] = v
                     tail += 1
@@ -289,7 +344,7 @@ def _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs,
 
 
 @numba.njit(cache=True)
-def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank, upper,
+def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, class_end, upper,
                       flow, sink_flow, level, arc_of, path_layer, path_node, path_arc, path_residual, queue, touched,
                       recorded, floor):
     """Exact max-flow value from ``(num_layers, source)`` to ``(0, sink)``; leaves ``flow`` zeroed."""
@@ -305,14 +360,14 @@ def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, order, sorted_caps,
     num_touched = 0
     backward = False
     while True:
-        pushed, num_touched = _blocking_flow(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank,
+        pushed, num_touched = _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, class_end,
                                              flow, sink_flow, level, arc_of, path_layer, path_node, path_arc,
                                              path_residual, touched, recorded, num_touched, upper - CUT_GAP - value,
                                              backward, floor)
         value += pushed
         if value >= upper - CUT_GAP:
             break
-        if not _levels(num_layers, n, source, sink, sink_cap, order, sorted_caps, num_arcs, rank, flow, sink_flow,
+        if not _levels(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, class_end, flow, sink_flow,
                        level, queue, floor):
             break
         arc_of[:] = 0
@@ -350,7 +405,7 @@ def _leak_past(capacities):
 
 
 @numba.njit(cache=True, nogil=True)
-def _solve_sinks(capacities, order, sorted_caps, num_arcs, rank, sources, first, step, out):
+def _solve_sinks(capacities, order, num_arcs, class_end, sources, first, step, out):
     """Fill ``out[p, j]`` for the tasks ``first, first + step, ...`` of ``(p, j)`` in row-major order.
 
     Runs without the GIL so that threads can share the sinks of one graph.
@@ -383,10 +438,10 @@ def _solve_sinks(capacities, order, sorted_caps, num_arcs, rank, sources, first,
         for m in range(sink, n):
             suffix += capacities[num_layers - 1, source, m]
         upper = min(upper_source[source], upper_sink[sink], suffix + leak[sink])
-        out[position, sink] = _max_flow_to_sink(num_layers, n, source, sink, into_sink[sink], order, sorted_caps,
-                                                num_arcs, rank,
-                                                upper, flow, sink_flow, level, arc_of, path_layer, path_node, path_arc,
-                                                path_residual, queue, touched, recorded, sink if causal else 0)
+        out[position, sink] = _max_flow_to_sink(num_layers, n, source, sink, into_sink[sink], capacities, order,
+                                                num_arcs, class_end, upper, flow, sink_flow, level, arc_of,
+                                                path_layer, path_node, path_arc, path_residual, queue, touched,
+                                                recorded, sink if causal else 0)
 
 
 def fast_max_flows_many(capacities: np.ndarray, sources: Sequence[int], threads: int | None = None) -> np.ndarray:
@@ -405,18 +460,18 @@ def fast_max_flows_many(capacities: np.ndarray, sources: Sequence[int], threads:
     capacities = np.ascontiguousarray(capacities, dtype=np.float64)
     sources = np.asarray(sources, dtype=np.int64)
     n = capacities.shape[-1]
-    order, sorted_caps, num_arcs, rank = _sort_arcs(capacities)
+    order, num_arcs, class_end = _sort_arcs(capacities)
     out = np.zeros((len(sources), n))
     if threads is None:  # threads pay only when the work outweighs starting them (~1 ms)
         work = len(sources) * n * capacities.size
         threads = numba.get_num_threads() if work >= THREADS_MIN_WORK else 1
     threads = max(1, min(threads, len(sources) * n))
     if threads == 1:
-        _solve_sinks(capacities, order, sorted_caps, num_arcs, rank, sources, 0, 1, out)
+        _solve_sinks(capacities, order, num_arcs, class_end, sources, 0, 1, out)
         return out
     with ThreadPoolExecutor(threads) as pool:
         jobs = [
-            pool.submit(_solve_sinks, capacities, order, sorted_caps, num_arcs, rank, sources, first, threads, out)
+            pool.submit(_solve_sinks, capacities, order, num_arcs, class_end, sources, first, threads, out)
             for first in range(threads)
         ]
         for job in jobs:
