@@ -43,6 +43,8 @@ from typing import Literal, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from captum_attnflow.graph_kernel import mean_residual_layer
+
 HeadFusion = Literal["mean", "max", "min"]
 HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
 
@@ -127,24 +129,26 @@ def attention_layers(attentions, *, name: str = "attentions") -> tuple[list[torc
             f"{type(attentions).__name__}." + (f" {NO_ATTENTIONS_HINT}" if attentions is None else "")
         )
     first = layers[0]
+    first_shape, first_device = first.shape, first.device
     for index, layer in enumerate(layers):
-        if layer.dim() != 4:
-            hint = " (add the head axis with .unsqueeze(1))" if layer.dim() == 3 else ""
+        shape = layer.shape
+        if len(shape) != 4:
+            hint = " (add the head axis with .unsqueeze(1))" if len(shape) == 3 else ""
             raise ValueError(
                 f"{name}[{index}] must have shape (batch, heads, n, n); got shape "
-                f"{tuple(layer.shape)}{hint}."
+                f"{tuple(shape)}{hint}."
             )
-        if layer.shape[-1] != layer.shape[-2]:
+        if shape[-1] != shape[-2]:
             raise ValueError(
-                f"{name}[{index}] is not square: shape {tuple(layer.shape)}; self-attention "
+                f"{name}[{index}] is not square: shape {tuple(shape)}; self-attention "
                 f"needs (batch, heads, n, n). Cross-attention cannot be rolled out."
             )
-        if layer.shape != first.shape:
+        if shape != first_shape:
             raise ValueError(
-                f"{name}[{index}] has shape {tuple(layer.shape)} but {name}[0] has shape "
-                f"{tuple(first.shape)}; every layer needs the same (batch, heads, n, n)."
+                f"{name}[{index}] has shape {tuple(shape)} but {name}[0] has shape "
+                f"{tuple(first_shape)}; every layer needs the same (batch, heads, n, n)."
             )
-        if layer.device != first.device:
+        if layer.device != first_device:
             raise ValueError(f"{name}[{index}] is on {layer.device}, {name}[0] on {first.device}.")
     if first.shape[-1] == 0:
         raise ValueError(f"{name} describes an empty sequence (n = 0 tokens).")
@@ -153,14 +157,14 @@ def attention_layers(attentions, *, name: str = "attentions") -> tuple[list[torc
     dtypes = {layer.dtype for layer in layers}
     compute = torch.float64 if torch.float64 in dtypes else torch.float32
     output = dtypes.pop() if len(dtypes) == 1 else compute
-    return [layer.to(compute) for layer in layers], OutputFormat(was_numpy, output)
+    return [layer if layer.dtype == compute else layer.to(compute) for layer in layers], OutputFormat(was_numpy, output)
 
 
 def as_float_tensor(value, name: str) -> torch.Tensor:
     """``value`` (tensor or numpy array) as a floating-point tensor, or a TypeError naming ``name``."""
     if isinstance(value, np.ndarray) and not np.issubdtype(value.dtype, np.floating):
         raise TypeError(f"{name} has dtype {value.dtype}; attention must be floating point.")
-    tensor = torch.as_tensor(value)
+    tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
     if not tensor.is_floating_point():
         raise TypeError(f"{name} has dtype {tensor.dtype}; attention must be floating point.")
     return tensor
@@ -526,8 +530,38 @@ def rollout_matrices(augmented: torch.Tensor, *, inplace: bool = False) -> torch
     out = augmented if inplace else augmented.clone()
     with torch.no_grad():  # with grad mode on, torch's matmul of these strided views is ~100x slower on CPU
         for layer in range(1, out.shape[1]):
-            out[:, layer] = torch.matmul(out[:, layer], out[:, layer - 1])
+            out[:, layer] = torch.bmm(out[:, layer], out[:, layer - 1])  # bmm: matmul's reshaping costs µs per call
     return out
+
+
+def mean_residual_graph(layers: list[torch.Tensor]) -> torch.Tensor | None:
+    """The paper's graph ``Â_l = rownorm(mean_h A_l[h] + I)`` in one compiled pass per layer, or None.
+
+    The fast path of :func:`rollout` (mean fusion, residual, no mask, renormalisation or
+    discard): :func:`~captum_attnflow.graph_kernel.mean_residual_layer` reads each weight once,
+    rejecting negative weights and rows of any head whose sum is NaN, infinite or further than
+    :data:`ROW_SUM_TOLERANCE` from 1 (the checks of :func:`check_attention_values`), where
+    :func:`prepare_graph` makes four passes.
+
+    Args:
+        layers: ``L`` validated tensors ``(batch, heads, n, n)`` of one float dtype (from
+            :func:`attention_layers`).
+
+    Returns:
+        ``(batch, L, n, n)``; None when the layers are not on the CPU, require grad, or fail a
+        check: the caller then takes :func:`prepare_graph`, whose error names the problem.
+    """
+    first = layers[0]
+    if first.device.type != "cpu" or any(layer.requires_grad for layer in layers):
+        return None
+    batch, _, n, _ = first.shape
+    augmented = torch.empty(batch, len(layers), n, n, dtype=first.dtype)
+    target = augmented.numpy()
+    low, high = 1 - ROW_SUM_TOLERANCE, 1 + ROW_SUM_TOLERANCE
+    for index, layer in enumerate(layers):
+        if not mean_residual_layer(layer.contiguous().numpy(), target, index, low, high):
+            return None
+    return augmented
 
 
 def rollout(
@@ -568,6 +602,12 @@ def rollout(
         ``i`` at layer ``l`` to input token ``j``; live rows sum to 1. Same dtype and device as the
         input (numpy in, numpy out); differentiable when the input requires grad.
     """
+    if residual and head_fusion == "mean" and mask is None and not renormalize:  # the paper's graph
+        layers, output_format = attention_layers(attentions)
+        check_discard(discard_ratio, protected_tokens, layers[0].shape[-1])
+        augmented = mean_residual_graph(layers) if discard_ratio == 0 else None
+        if augmented is not None:
+            return to_output(rollout_matrices(augmented, inplace=True), output_format)
     augmented, _, _, output_format = prepare_graph(
         attentions, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize,
         discard_ratio=discard_ratio, protected_tokens=protected_tokens,

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from captum_attnflow import attention_flow, head_rollout, raw_attention, rollout
-from captum_attnflow.graph import augment_residual, fuse_heads
+from captum_attnflow.graph import (
+    RowSumError,
+    attention_layers,
+    augment_residual,
+    fuse_heads,
+    mean_residual_graph,
+    prepare_graph,
+)
 
 
 def random_attention(batch=2, layers=3, heads=4, n=7, *, seed=0, dtype=torch.float64, causal=False):
@@ -320,3 +327,87 @@ def test_discard_ratio_ties_go_in_row_major_order():
 def test_discard_ratio_and_protected_tokens_are_validated(options, error, match):
     with pytest.raises(error, match=match):
         rollout(random_attention(), **options)
+
+
+# ----------------------------------------------------------------------------- rollout's compiled fast path
+
+
+def general_graph(attentions):
+    """``Â_l`` by the general torch path (:func:`prepare_graph`), which the fast path must equal."""
+    return prepare_graph(attentions)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_graph_equals_the_general_path(dtype):
+    attentions = random_attention(batch=2, layers=3, heads=5, n=9, seed=13, dtype=dtype)
+    fast = mean_residual_graph(attention_layers(attentions)[0])
+    assert fast is not None and fast.dtype == dtype  # the fast path ran, in the input's dtype
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-14
+    torch.testing.assert_close(fast, general_graph(attentions), atol=tolerance, rtol=0)
+    np.testing.assert_allclose(rollout(attentions).numpy(), loop_rollout(attentions), atol=tolerance)
+    stacked = torch.stack(attentions, dim=1)  # batch 2: its unbound layers are not contiguous
+    torch.testing.assert_close(rollout(stacked), rollout(attentions), atol=0, rtol=0)
+    as_numpy = rollout([a.numpy() for a in attentions])
+    assert isinstance(as_numpy, np.ndarray)
+    np.testing.assert_array_equal(as_numpy, rollout(attentions).numpy())
+
+
+def small_float32_attention():
+    """Float32 attention: batch 2, 3 layers, 4 heads, n = 6."""
+    return random_attention(batch=2, layers=3, heads=4, n=6, seed=14, dtype=torch.float32)
+
+
+def put(attentions, layer, index, value):
+    attentions[layer][index] = value
+    return attentions
+
+
+def move_weight(attentions, layer, row, value):
+    """Set the last weight of ``row`` (``(batch, head, i)``) of ``layer`` to ``value``; its old weight goes to key 0.
+
+    The row sum stays 1 (to float32 rounding): only the value itself can make the row fail.
+    """
+    weights = attentions[layer][row]
+    weights[0] += weights[-1]
+    weights[-1] = value
+    return attentions
+
+
+def scale_rows(attentions, layer, rows, factors):
+    """Multiply row ``rows[k]`` (an index ``(batch, head, i)``) of ``layer`` by ``factors[k]``."""
+    for row, factor in zip(rows, factors):
+        attentions[layer][row] *= factor
+    return attentions
+
+
+@pytest.mark.parametrize(
+    "spoil, error, match",
+    [
+        (lambda a: put(a, 2, (1, 3, 5, 4), float("nan")), ValueError, "NaN or inf .*batch 1, layer 2, head 3, row 5, column 4"),
+        (lambda a: put(a, 1, (0, 0, 0, 0), float("inf")), ValueError, "NaN or inf"),
+        (lambda a: put(a, 1, (1, 2, 3, 1), -float("inf")), ValueError, "NaN or inf"),
+        (lambda a: move_weight(a, 2, (1, 3, 5), -1e-30), ValueError, "layer 2 contains negative weights"),
+        (lambda a: scale_rows(a, 1, [(1, 3, 5)], [1.5]), RowSumError, "row 5 of batch 1, layer 1, head 3 sums to 1.5"),
+        # two heads off by ∓30 % in the same row: their mean still sums to 1, each head must not
+        (lambda a: scale_rows(a, 0, [(0, 0, 2), (0, 1, 2)], [0.7, 1.3]), RowSumError, "row 2 of batch 0, layer 0, head 0"),
+    ],
+)
+def test_fast_graph_runs_every_check(spoil, error, match):
+    attentions = spoil(small_float32_attention())
+    assert mean_residual_graph(attention_layers(attentions)[0]) is None  # the kernel refuses ...
+    with pytest.raises(error, match=match):  # ... and the general path names the problem
+        rollout(attentions)
+
+
+def test_fast_graph_accepts_what_the_general_path_accepts():
+    attentions = move_weight(small_float32_attention(), 0, (0, 1, 4), -0.0)  # not negative (as for torch.amin)
+    scale_rows(attentions, 1, [(1, 0, 3), (1, 2, 3)], [1.009, 0.991])  # inside ROW_SUM_TOLERANCE
+    fast = mean_residual_graph(attention_layers(attentions)[0])
+    assert fast is not None
+    torch.testing.assert_close(fast, general_graph(attentions), atol=1e-6, rtol=0)
+
+
+def test_fast_graph_leaves_grad_to_the_general_path():
+    attentions = [a.requires_grad_() for a in random_attention(seed=15)]
+    assert mean_residual_graph(attentions) is None
+    assert rollout(attentions).requires_grad
