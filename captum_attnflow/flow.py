@@ -9,21 +9,34 @@ The work is split into *groups*: one graph (an example, or an example and head f
 :func:`head_flow`) cut at one layer, with all its requested output positions, so that the
 ``"fast"`` solver sorts the arcs of a graph once for all its positions. Groups can run in
 ``workers`` processes.
+
+Bounded flow (``tol=``): the ``"fast"`` solver stops each single-sink problem once its flow is
+close to a cut's capacity, so every raw value ``v_j`` is known to lie in ``[lo_j, hi_j]``; the
+normalised value ``v_j / Σ_k v_k`` then lies in ``[lo_j / (lo_j + Σ_{k≠j} hi_k), hi_j / (hi_j +
+Σ_{k≠j} lo_k)]`` (:func:`normalised_bounds`). The result is the middle of that interval and its
+half-width the proven error; problems are solved tighter until every row's error is ``<= tol``.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
+import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
+import numba
 import numpy as np
 import torch
 
 from captum_attnflow.graph import check_index, head_graph, prepare_graph, to_output
-from captum_attnflow.maxflow import SOLVERS, max_flows
+from captum_attnflow.maxflow import CUT_GAP, SOLVERS, FastSolver, max_flows
 
-#: A group of tasks: ``(graph index, 0-based layer, output positions)``.
-Group = tuple[int, int, list[int]]
+#: A group of tasks: ``(graph index, number of layers of the graph to use, output slot, output
+#: positions)``; its rows go to ``out[graph index, output slot, positions]``.
+Group = tuple[int, int, int, list[int]]
 
 
 def _indices(value, size: int, name: str, what: str) -> list[int]:
@@ -59,91 +72,294 @@ def _workers(workers) -> int:
     return int(workers)
 
 
+class BoundedFlow(NamedTuple):
+    """Attention flow with a proven error bound (``attention_flow(..., tol=...)``).
+
+    ``values`` has the shape and type of :func:`attention_flow`'s result; ``error`` drops its last
+    axis (one number per row, NaN for rows that were not requested): every entry of a row is
+    within ``error`` of the exact flow, ``|values - exact| <= error``, proven by a feasible flow
+    (lower bound) and a cut (upper bound) for each single-sink problem.
+    """
+
+    values: torch.Tensor | np.ndarray
+    error: torch.Tensor | np.ndarray
+
+    @property
+    def gap(self) -> float:
+        """The largest error bound over the computed rows (``<= tol``)."""
+        error = self.error if isinstance(self.error, np.ndarray) else self.error.detach().cpu().numpy()
+        return float(np.nanmax(error)) if np.isfinite(error).any() else 0.0
+
+
+class FlowCostWarning(UserWarning):
+    """A flow call is estimated to take long (:data:`COST_WARNING_SECONDS`)."""
+
+
+#: ``attention_flow`` warns (:class:`FlowCostWarning`) when its estimate exceeds this many seconds.
+COST_WARNING_SECONDS = 60.0
+
+#: Seconds per (single-sink problem × graph arc) of the ``"fast"`` solver on one core, measured on
+#: real decoder attention (SmolLM2, n = 1024–2048; ``benchmarks/bench_llm_flow.py``); the other
+#: solvers are slower by the factors of :data:`SOLVER_SLOWDOWN` (``benchmarks/bench_flow.py``).
+SECONDS_PER_ARC = 2.5e-10
+SOLVER_SLOWDOWN = {"fast": 1.0, "scipy": 15.0, "networkx": 1000.0}
+
+
+def check_tol(tol) -> float | None:
+    """``None`` (exact) or a positive finite number; anything else is an error naming ``tol``."""
+    if tol is None:
+        return None
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol must be a positive number (the largest error allowed) or None for exact flow; got {type(tol).__name__}.")
+    if not math.isfinite(tol) or tol <= 0:
+        raise ValueError(f"tol={tol} must be a positive finite number (e.g. 1e-4), or None for exact flow.")
+    return float(tol)
+
+
+def normalised_bounds(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds on ``v_j / Σ_k v_k`` from bounds ``lower <= v <= upper`` (rows ``(..., n)``).
+
+    ``v_j / (v_j + R)`` grows with ``v_j`` and falls with ``R = Σ_{k≠j} v_k``, so it lies between
+    ``lo_j / (lo_j + Σ_{k≠j} hi_k)`` and ``hi_j / (hi_j + Σ_{k≠j} lo_k)`` (0 where the denominator
+    is 0). Equal bounds give the plain normalisation.
+    """
+    rest_upper = upper.sum(axis=-1, keepdims=True) - upper
+    rest_lower = lower.sum(axis=-1, keepdims=True) - lower
+    low_total = lower + rest_upper
+    high_total = upper + rest_lower
+    low = np.divide(lower, low_total, out=np.zeros_like(lower), where=low_total > 0)
+    high = np.divide(upper, high_total, out=np.zeros_like(upper), where=high_total > 0)
+    return low, np.minimum(np.maximum(high, low), 1.0)
+
+
+def _bounded_rows(solver: FastSolver, tol: float | None, progress: Callable[[int], None] | None):
+    """Normalised rows and their error bounds ``((P, n), (P,))`` from a prepared ``"fast"`` solver.
+
+    ``tol=None``: exact. Otherwise a first slack per source is chosen from the cut capacities so
+    that the error would be about ``tol`` if every sink stopped at its slack; rows whose proven
+    error is still above ``tol`` are solved again with an 8× smaller slack until it holds (at
+    the latest when the slack reaches :data:`CUT_GAP`, the exact solver).
+    """
+    num_sources, n = solver.cuts.shape
+    if tol is None:
+        lower, upper = solver.bounds(progress=progress)
+    else:
+        total = solver.cuts.sum(axis=1)  # >= Σ_j v_j
+        slack = np.maximum(tol * total / (1.0 + n * solver.cuts.max(axis=1) / np.maximum(total, 1e-300)), CUT_GAP)
+        slack = np.repeat(slack, n)
+        lower, upper = solver.bounds(slack, progress=progress)
+        while True:
+            low, high = normalised_bounds(lower.reshape(num_sources, n), upper.reshape(num_sources, n))
+            unsettled = np.repeat(((high - low).max(axis=1) / 2 > tol), n)
+            if not unsettled.any() or slack[unsettled].max() <= CUT_GAP:
+                break
+            slack[unsettled] = np.maximum(slack[unsettled] / 8, CUT_GAP)
+            tasks = np.flatnonzero(unsettled & (upper - lower > slack))
+            if len(tasks) == 0:
+                continue
+            lower[tasks], upper[tasks] = solver.bounds(slack[tasks], tasks)
+    low, high = normalised_bounds(lower.reshape(num_sources, n), upper.reshape(num_sources, n))
+    return (low + high) / 2, (high - low).max(axis=1) / 2
+
+
 def flow_rows(
     capacities: np.ndarray,
     sources: Sequence[int],
     live: np.ndarray | None,
     method: str,
     threads: int | None = None,
-) -> np.ndarray:
+    tol: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalised flow from the top nodes ``sources`` of ``capacities`` ``(l, n, n)`` to every input.
 
     Padded tokens (``live[j] = False``) are removed from the graph before solving and get 0; a
-    padded source gets a zero row.
+    padded source gets a zero row. ``tol`` (``"fast"`` solver only; the others are exact) bounds
+    the error as in :func:`attention_flow`; ``progress`` is called with a number of single-sink
+    problems done.
 
     Returns:
-        float64 ``(len(sources), n)``; live rows sum to 1.
+        ``(rows, error)``: float64 ``(len(sources), n)`` (live rows sum to 1 up to ``error``) and
+        the proven error bound of each row ``(len(sources),)`` (0 when solved exactly).
     """
     n = capacities.shape[-1]
     rows = np.zeros((len(sources), n))
+    error = np.zeros(len(sources))
     keep = np.arange(n) if live is None else np.flatnonzero(live)
     solved = [index for index, source in enumerate(sources) if live is None or live[source]]
     if not solved:
-        return rows
+        return rows, error
     if len(keep) < n:
         capacities = capacities[:, keep][:, :, keep]
     local = np.searchsorted(keep, [sources[index] for index in solved])
-    values = max_flows(method, np.ascontiguousarray(capacities), local, threads)
-    totals = values.sum(axis=1, keepdims=True)
-    rows[np.ix_(solved, keep)] = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
-    return rows
+    if method == "fast":
+        values, bounds = _bounded_rows(FastSolver(capacities, local, threads), tol, progress)
+    else:
+        raw = max_flows(method, np.ascontiguousarray(capacities), local, threads)
+        totals = raw.sum(axis=1, keepdims=True)
+        values = np.divide(raw, totals, out=np.zeros_like(raw), where=totals > 0)
+        bounds = np.zeros(len(local))
+        if progress is not None:
+            progress(len(local) * len(keep))
+    rows[np.ix_(solved, keep)] = values
+    error[solved] = bounds
+    return rows, error
 
 
-def _solve_group(graphs: np.ndarray, live: np.ndarray | None, group: Group, method: str, threads: int | None):
-    index, layer, positions = group
+def _solve_group(graphs, live, group: Group, method: str, threads, tol, progress=None):
+    index, depth, _, positions = group
     example_live = None if live is None else live[index]
-    return flow_rows(graphs[index, : layer + 1], positions, example_live, method, threads)
+    return flow_rows(graphs[index, :depth], positions, example_live, method, threads, tol, progress)
 
 
 #: Per-process state of a pool worker (set by ``_init_worker``).
 _SHARED: dict = {}
 
 
-def _init_worker(graphs: np.ndarray, live: np.ndarray | None, method: str) -> None:
+def _init_worker(graphs: np.ndarray, live: np.ndarray | None, method: str, tol: float | None) -> None:
     """Process-pool initialiser: keep the graphs in the worker (sent once, not once per group)."""
-    _SHARED.update(graphs=graphs, live=live, method=method)
+    _SHARED.update(graphs=graphs, live=live, method=method, tol=tol)
 
 
-def _solve_group_in_worker(group: Group) -> np.ndarray:
+def _solve_group_in_worker(group: Group):
     """One group in a worker process, on one thread: the workers already share the cores (the
     solvers use no BLAS)."""
-    return _solve_group(_SHARED["graphs"], _SHARED["live"], group, _SHARED["method"], 1)
+    return _solve_group(_SHARED["graphs"], _SHARED["live"], group, _SHARED["method"], 1, _SHARED["tol"])
 
 
-def _solve(graphs: np.ndarray, live: np.ndarray | None, groups: list[Group], method: str, workers: int, progress: bool):
-    """Solve every group of ``graphs`` ``(graphs, L, n, n)``: ``workers`` processes, optional tqdm bar."""
+def estimate_seconds(problems: Sequence[tuple[int, int]], method: str, threads: int) -> float:
+    """Rough time of solving ``problems``: ``(number of single-sink problems, arcs of their graph)``.
+
+    :data:`SECONDS_PER_ARC` per problem and arc, times :data:`SOLVER_SLOWDOWN`, shared by
+    ``threads`` cores. Right within a factor of about 2 on attention graphs (real attention
+    usually stops early at a cut; random attention can take longer).
+    """
+    work = sum(count * arcs for count, arcs in problems)
+    return work * SECONDS_PER_ARC * SOLVER_SLOWDOWN.get(method, 1.0) / max(1, threads)
+
+
+def _warn_cost(seconds: float, problems: int, shape: tuple[int, int]) -> None:
+    if seconds < COST_WARNING_SECONDS:
+        return
+    layers, n = shape
+    warnings.warn(
+        FlowCostWarning(
+            f"attention flow: {problems:,} max-flow problems on graphs of up to {layers} layers x {n} tokens, "
+            f"estimated {seconds / 60:.1f} min. progress=True shows a bar; Ctrl-C stops cleanly; tol= (bounded "
+            f"flow) or fewer output_positions/layers make it cheaper."
+        ),
+        stacklevel=_outside_package(),
+    )
+
+
+def _outside_package() -> int:
+    """``stacklevel`` of the first caller outside this package (for a warning raised in it)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _solve(graphs: np.ndarray, live: np.ndarray | None, groups: list[Group], method: str, workers: int,
+           progress: bool, tol: float | None):
+    """Solve every group of ``graphs`` ``(graphs, L, n, n)``: ``workers`` processes, a cost warning
+    above :data:`COST_WARNING_SECONDS` and an optional tqdm bar counting single-sink problems."""
+    n = graphs.shape[-1]
+    sizes = [n if live is None else int(live[group[0]].sum()) for group in groups]
+    problems = [(len(group[3]) * size, group[1] * size * size) for group, size in zip(groups, sizes)]
+    processes = min(workers, len(groups))
+    threads = processes if processes > 1 else (numba.get_num_threads() if method == "fast" else 1)
+    _warn_cost(estimate_seconds(problems, method, threads), sum(count for count, _ in problems),
+               (max(group[1] for group in groups), n))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(len(group[2]) for group in groups), desc=f"attention flow ({method})", unit="row")
+        bar = tqdm(total=sum(count for count, _ in problems), desc=f"attention flow ({method})", unit="sink")
     results = []
     try:
-        if workers == 1 or len(groups) == 1:
+        if processes == 1:
             for group in groups:
-                results.append(_solve_group(graphs, live, group, method, None))
-                if bar is not None:
-                    bar.update(len(group[2]))
+                results.append(_solve_group(graphs, live, group, method, None, tol, None if bar is None else bar.update))
         else:
-            pool = ProcessPoolExecutor(
-                min(workers, len(groups)), initializer=_init_worker, initargs=(graphs, live, method)
-            )
+            pool = ProcessPoolExecutor(processes, initializer=_init_worker, initargs=(graphs, live, method, tol))
             with pool:
-                for group, rows in zip(groups, pool.map(_solve_group_in_worker, groups)):
+                for (count, _), rows in zip(problems, pool.map(_solve_group_in_worker, groups)):
                     results.append(rows)
                     if bar is not None:
-                        bar.update(len(group[2]))
+                        bar.update(count)
     finally:
         if bar is not None:
             bar.close()
     return results
 
 
-def _assemble(shape, groups: list[Group], results, dtype, device) -> torch.Tensor:
-    out = np.full(shape, np.nan, dtype=np.float64)
-    for (index, layer, positions), rows in zip(groups, results):
-        out[index, layer, positions] = rows
-    return torch.as_tensor(out, device=device).to(dtype)
+def _assemble(shape, groups: list[Group], results, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values ``shape`` in ``dtype`` and error bounds ``shape[:-1]`` (float64), NaN where unsolved.
+
+    Rounding the float64 values to ``dtype`` is added to the error bound of each row.
+    """
+    out = torch.full(shape, float("nan"), dtype=dtype)
+    error = torch.full(shape[:-1], float("nan"), dtype=torch.float64)
+    for (index, _, slot, positions), (rows, bounds) in zip(groups, results):
+        rounded = torch.from_numpy(rows).to(dtype)
+        out[index, slot, positions] = rounded
+        rounding = (rounded.double() - torch.from_numpy(rows)).abs().amax(dim=-1)
+        error[index, slot, positions] = torch.from_numpy(bounds) + rounding
+    return out.to(device), error.to(device)
+
+
+def _graph_arrays(graph: torch.Tensor) -> np.ndarray:
+    """A graph tensor as a numpy array the solvers read: float32/float64 shared, others float64."""
+    graph = graph.detach().to("cpu")
+    if graph.dtype not in (torch.float32, torch.float64):
+        graph = graph.to(torch.float64)
+    return graph.numpy()
+
+
+def _result(values: torch.Tensor, error: torch.Tensor, tol: float | None, output_format):
+    if tol is None:
+        return to_output(values, output_format)
+    error = error.cpu().numpy() if output_format.numpy else error
+    return BoundedFlow(to_output(values, output_format), error)
+
+
+def flow_layers(
+    attentions,
+    *,
+    layers: list[int] | int | None,
+    output_positions=None,
+    residual: bool = True,
+    head_fusion: str = "mean",
+    mask=None,
+    flow_solver: str = "auto",
+    renormalize: bool = False,
+    workers: int = 1,
+    progress: bool = False,
+    tol: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[int], int, object]:
+    """:func:`attention_flow` for ``layers`` only: ``(values, error, layer_list, L, output_format)``.
+
+    ``values`` is ``(batch, len(layer_list), n, n)`` (torch, the caller's dtype), ``error`` its
+    ``(batch, len(layer_list), n)`` float64 error bounds; unrequested rows NaN. The classes use it
+    to avoid the ``(batch, L, n, n)`` result of :func:`attention_flow`.
+    """
+    tol = check_tol(tol)
+    augmented, _, mask, output_format = prepare_graph(
+        attentions, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize
+    )
+    batch, num_layers, n, _ = augmented.shape
+    layer_list = _indices(layers, num_layers, "layers", "layers")
+    positions = _indices(output_positions, n, "output_positions", "positions")
+    method = _method(flow_solver)
+    workers = _workers(workers)
+    graphs = _graph_arrays(augmented)
+    live = None if mask is None else mask.cpu().numpy()
+    groups = [(b, layer + 1, slot, positions) for b in range(batch) for slot, layer in enumerate(layer_list)]
+    results = _solve(graphs, live, groups, method, workers, progress, tol)
+    values, error = _assemble((batch, len(layer_list), n, n), groups, results, output_format.dtype, augmented.device)
+    return values, error, layer_list, num_layers, output_format
 
 
 def attention_flow(
@@ -158,6 +374,7 @@ def attention_flow(
     renormalize: bool = False,
     workers: int = 1,
     progress: bool = False,
+    tol: float | None = None,
 ):
     """Attention flow for the requested output positions and layers.
 
@@ -179,27 +396,40 @@ def attention_flow(
             (numba's thread count), so more workers pay mainly for the single-threaded
             ``"scipy"``/``"networkx"`` solvers and for many small graphs. Each worker uses one
             thread.
-        progress: show a tqdm progress bar (one step per output row).
+        progress: show a tqdm progress bar counting single-sink max-flow problems (``n`` per
+            output row), advancing about 100 times per graph with the ``"fast"`` solver.
+        tol: ``None`` (default) for exact flow, or the largest error allowed: each returned value
+            is then within ``tol`` of the exact normalised flow, proven by a feasible flow and a
+            cut per max-flow problem (module docstring), and the result carries the error bound
+            reached (a :class:`BoundedFlow`). Values are about ``1/n``; choose ``tol`` well below
+            that. Needs the ``"fast"`` solver to save time (the others are exact anyway).
 
     Returns:
         ``(batch, L, n, n)``: ``out[b, l-1, i, j] = maxflow((l, i) -> (0, j))`` normalised over
         ``j``. Rows that were not requested are NaN (never silently 0). Same dtype and device as
-        the input (numpy in, numpy out). Values are computed in float64.
+        the input (numpy in, numpy out). Values are computed in float64. With ``tol``: a
+        :class:`BoundedFlow` ``(values, error)`` with ``values`` as above and ``error``
+        ``(batch, L, n)`` float64, the proven bound on ``|values - exact|`` of each row (rounding
+        to the input dtype included); ``.gap`` is its largest value.
+
+    Cost: one max-flow problem per live input token, output position and layer, each on a graph
+    of ``l·n²`` arcs; the time is roughly ``SECONDS_PER_ARC · positions · n · l · n²`` over the
+    cores (about 4 s for one position at ``n = 1024``, 30 layers, 2 cores). Above
+    :data:`COST_WARNING_SECONDS` of estimate a :class:`FlowCostWarning` says so before solving.
+    Ctrl-C (``KeyboardInterrupt``) stops the solve cleanly. Memory: the graph (as float32 when
+    the attention is float32) and an ``l·n²`` int16 arc order, plus the result.
     """
-    augmented, _, mask, was_numpy = prepare_graph(
-        attentions, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize
+    values, error, layer_list, num_layers, output_format = flow_layers(
+        attentions, layers=layers, output_positions=output_positions, residual=residual, head_fusion=head_fusion,
+        mask=mask, flow_solver=flow_solver, renormalize=renormalize, workers=workers, progress=progress, tol=tol,
     )
-    batch, num_layers, n, _ = augmented.shape
-    layer_list = _indices(layers, num_layers, "layers", "layers")
-    positions = _indices(output_positions, n, "output_positions", "positions")
-    method = _method(flow_solver)
-    workers = _workers(workers)
-    graphs = augmented.detach().to("cpu", torch.float64).numpy()
-    live = None if mask is None else mask.cpu().numpy()
-    groups = [(b, layer, positions) for b in range(batch) for layer in layer_list]
-    results = _solve(graphs, live, groups, method, workers, progress)
-    out = _assemble((batch, num_layers, n, n), groups, results, augmented.dtype, augmented.device)
-    return to_output(out, was_numpy)
+    if len(layer_list) < num_layers:
+        batch, _, n, _ = values.shape
+        full = values.new_full((batch, num_layers, n, n), float("nan"))
+        full_error = error.new_full((batch, num_layers, n), float("nan"))
+        full[:, layer_list], full_error[:, layer_list] = values, error
+        values, error = full, full_error
+    return _result(values, error, tol, output_format)
 
 
 def head_flow(
@@ -215,18 +445,21 @@ def head_flow(
     renormalize: bool = False,
     workers: int = 1,
     progress: bool = False,
+    tol: float | None = None,
 ):
     """Per-head "input attention" by flow (appendix A.1).
 
     The graph has the layers below ``layer`` fused single-head (with the residual) and head
     ``h``'s own matrix of ``layer`` (with the residual, row-normalised) as the top layer; the flow
     from ``(layer, i)`` to each input token is computed on that graph and normalised.
-    ``flow_solver``, ``workers`` and ``progress`` are as in :func:`attention_flow`.
+    ``flow_solver``, ``workers``, ``progress`` and ``tol`` are as in :func:`attention_flow`.
 
     Returns:
         ``(batch, heads, n, n)`` (``heads = 1`` when ``head`` is given); unrequested rows NaN.
+        With ``tol``: a :class:`BoundedFlow` whose ``error`` is ``(batch, heads, n)``.
     """
-    augmented, raw_layers, mask, was_numpy = prepare_graph(
+    tol = check_tol(tol)
+    augmented, raw_layers, mask, output_format = prepare_graph(
         attentions, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize
     )
     batch, num_layers, n, _ = augmented.shape
@@ -238,12 +471,12 @@ def head_flow(
     positions = _indices(output_positions, n, "output_positions", "positions")
     method = _method(flow_solver)
     workers = _workers(workers)
-    below = augmented[:, :layer].detach().to("cpu", torch.float64).numpy()
-    tops = top[:, heads].detach().to("cpu", torch.float64).numpy()
+    below = _graph_arrays(augmented[:, :layer])
+    tops = _graph_arrays(top[:, heads].to(augmented.dtype))
     graphs = np.concatenate([np.repeat(below[:, None], len(heads), axis=1), tops[:, :, None]], axis=2)
     graphs = graphs.reshape(batch * len(heads), layer + 1, n, n)
     live = None if mask is None else np.repeat(mask.cpu().numpy(), len(heads), axis=0)
-    groups = [(g, layer, positions) for g in range(batch * len(heads))]  # ``layer`` = the top layer
-    results = _solve(graphs, live, groups, method, workers, progress)
-    out = _assemble((batch * len(heads), layer + 1, n, n), groups, results, augmented.dtype, augmented.device)
-    return to_output(out[:, layer].reshape(batch, len(heads), n, n), was_numpy)
+    groups = [(g, layer + 1, 0, positions) for g in range(batch * len(heads))]
+    results = _solve(graphs, live, groups, method, workers, progress, tol)
+    values, error = _assemble((batch * len(heads), 1, n, n), groups, results, output_format.dtype, augmented.device)
+    return _result(values.reshape(batch, len(heads), n, n), error.reshape(batch, len(heads), n), tol, output_format)

@@ -28,6 +28,8 @@ import numpy as np
 import scipy.sparse
 from scipy.sparse.csgraph import maximum_flow
 
+from captum_attnflow import dinic
+
 MaxFlowSolver = Callable[[np.ndarray, int], np.ndarray]
 
 
@@ -85,398 +87,140 @@ def scipy_max_flows(capacities: np.ndarray, source: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# "fast": Dinic specialised to the layered attention graph
+# "fast": Dinic specialised to the layered attention graph (kernels in captum_attnflow.dinic)
 # --------------------------------------------------------------------------------------------
-
-#: Residual capacities at or below this are treated as saturated by the ``"fast"`` solver (float
-#: round-off would otherwise leave arcs with ~1e-17 of residual that no path can use). Each arc
-#: of the final cut can hide at most this much, so values are exact up to ``l·n²·1e-13``
-#: (< 1e-6 for ``l = 12``, ``n = 512``; in practice ~1e-15).
-RESIDUAL_EPS = 1e-13
 
 #: The ``"fast"`` solver stops a sink as soon as its flow is within this of a cut's capacity.
 CUT_GAP = 1e-12
 
-#: ``fast_max_flows_many`` uses several threads only from this much work on, counted as
-#: (sources × sinks) × arcs = ``len(sources)·n·l·n²`` (~10 ms of solving).
+#: ``FastSolver`` uses several threads only from this much work on, counted as
+#: (tasks × arcs) = ``len(tasks)·l·n²`` (~10 ms of solving).
 THREADS_MIN_WORK = 4_000_000
 
-
-#: Arcs are ordered in capacity classes ``(2^-(b+1)/2, 2^-b/2]`` (a factor ``√2`` each, class ``b =
-#: 0..ARC_CLASSES-2``; everything at or below :data:`RESIDUAL_EPS` in the last class), largest first.
-ARC_CLASSES = 64
+#: With a ``progress`` callback the tasks are solved in about this many blocks (one call each).
+PROGRESS_BLOCKS = 100
 
 
-def _sort_arcs(capacities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Arcs of every node in decreasing capacity classes, by decreasing head position within a class.
+def cut_capacities(capacities: np.ndarray, sources: np.ndarray, leak: np.ndarray) -> np.ndarray:
+    """The smallest of three cuts for every source and sink: ``(len(sources), n)`` float64.
 
-    The classes (a factor ``√2`` apart, :data:`ARC_CLASSES`) keep the search on big arcs first;
-    the position order inside a class lets a search that may only use heads at positions
-    ``>= floor`` (causal attention, see :func:`_solve_sinks`) skip the rest of a class at its
-    first head below ``floor`` instead of scanning it.
-
-    Returns ``(order, num_arcs, class_end)``: ``order[k, i, r]`` ``(l, n, n)`` is the head of the
-    ``r``-th arc out of ``(k+1, i)``, ``num_arcs[k, i]`` ``(l, n)`` the number of arcs above
-    :data:`RESIDUAL_EPS` (they come first; the others are never used) and ``class_end[k, i, b]``
-    ``(l, n, ARC_CLASSES)`` the index after the last arc of the classes ``<= b``.
+    All arcs out of the source ``Σ_m c[l-1][s, m]``, all arcs into the sink ``Σ_i c[0][i, j]``, and
+    the suffix cut ``Σ_{m >= j} c[l-1][s, m] + leak[j]`` (:func:`captum_attnflow.dinic.leak_past`).
     """
-    num_layers, n, _ = capacities.shape
-    order = np.empty((num_layers, n, n), np.int32)
-    class_end = np.empty((num_layers, n, ARC_CLASSES), np.int32)
-    _sort_rows(capacities, order, class_end)
-    num_arcs = np.ascontiguousarray(class_end[..., ARC_CLASSES - 2])
-    return order, num_arcs, class_end
+    top = np.asarray(capacities[-1][sources], dtype=np.float64)
+    suffix = np.cumsum(top[:, ::-1], axis=1)[:, ::-1]
+    into_sink = capacities[0].sum(axis=0, dtype=np.float64)
+    out_of_source = top.sum(axis=1, keepdims=True)
+    return np.minimum(np.minimum(out_of_source, into_sink[None, :]), suffix + leak[None, :])
 
 
-@numba.njit(cache=True, nogil=True)
-def _sort_rows(capacities, order, class_end):
-    """Counting sort of every row into :func:`_sort_arcs`' order (``O(n)`` per row, no comparisons)."""
-    num_layers, n, _ = capacities.shape
-    classes = np.empty(n, np.int64)
-    start = np.empty(ARC_CLASSES, np.int64)
-    for k in range(num_layers):
-        for i in range(n):
-            start[:] = 0
-            for j in range(n):
-                c = capacities[k, i, j]
-                if c <= RESIDUAL_EPS:
-                    b = ARC_CLASSES - 1
-                else:
-                    b = min(max(int(np.floor(-2.0 * np.log2(c))), 0), ARC_CLASSES - 2)
-                classes[j] = b
-                start[b] += 1
-            total = 0
-            for b in range(ARC_CLASSES):
-                total += start[b]
-                class_end[k, i, b] = total
-                start[b] = total - start[b]
-            for j in range(n - 1, -1, -1):
-                r = start[classes[j]]
-                start[classes[j]] = r + 1
-                order[k, i, r] = j
+class FastSolver:
+    """The ``"fast"`` solver prepared for one graph and its sources (arcs sorted and cuts computed
+    once), solving any tasks to any slack.
 
+    Each task (source ``p``, sink ``j``, flat index ``p·n + j``) runs Dinic's algorithm until its
+    flow is within ``slack`` of the capacity of a cut (:attr:`cuts`) or no augmenting path is left;
+    the result is a feasible flow's value ``lower`` and a cut's capacity ``upper``, so ``lower <=
+    maxflow <= upper`` always holds and ``upper - lower <= slack`` (the default :data:`CUT_GAP` is
+    the exact solver).
 
-@numba.njit(cache=True, inline="always")
-def _end_of_class(class_end, layer, node, arc):
-    """The index after the last arc of the capacity class of arc ``arc`` of ``(layer + 1, node)``."""
-    b = 0
-    while class_end[layer, node, b] <= arc:
-        b += 1
-    return class_end[layer, node, b]
+    Args:
+        capacities: float32 or float64 ``(l, n, n)``; ``capacities[k-1, i, j]`` is the arc
+            ``(k, i) -> (k-1, j)``. float32 is read as is (no float64 copy); arithmetic is float64.
+        sources: top-layer nodes.
+        threads: threads sharing the tasks (default: ``numba.get_num_threads()``, the cores, once
+            ``len(tasks)·l·n² >= THREADS_MIN_WORK``, e.g. from ``l = 6``, ``n = 128`` or
+            ``l = 12``, ``n = 80`` for one source; 1 below).
 
-
-@numba.njit(cache=True)
-def _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, class_end, flow, sink_flow,
-                   level, arc_of, path_layer, path_node, path_arc, path_residual, touched, recorded,
-                   num_touched, limit, backward, floor):
-    """Dinic's blocking flow on the level graph ``level`` by depth-first search.
-
-    Node ``(k, i)`` has id ``k·n + i``; the sink ``(0, sink)`` has id ``sink``. The arcs of node
-    ``(k, i)`` are numbered: ``0..n-1`` its arcs down to layer ``k-1`` in :func:`_sort_arcs` order (for
-    ``k = 1``: arc 0 is the arc into the sink), ``n..2n-1`` the reverse of the arcs from
-    ``(k+1, p)``, ``p = 0..n-1`` (residual = their flow; only scanned when ``backward``).
-    ``arc_of[u]`` is the current-arc pointer. The current path is kept in ``path_*`` (layer,
-    node, arc taken, residual of that arc); after an augmentation the search resumes at the
-    first arc that it saturated. In the first phase (``backward`` False) a path that reaches
-    layer 2 is not extended node by node: its bottleneck is spread over the layer-2 node's arcs
-    into live layer-1 nodes and from there into the sink (a tree of paths, one update of the
-    path above). ``touched[:num_touched]`` lists (once, flagged in ``recorded``)
-    the flat index into ``flow`` of every arc that carried flow, so that only those are reset for
-    the next sink. Stops once ``limit`` has been pushed.
-
-    Returns ``(pushed, num_touched)``.
+    Memory: the capacities, the arc order (``l·n²`` int16) and, per thread, one bit per arc and
+    a table of the arcs carrying flow (:mod:`captum_attnflow.dinic`).
     """
-    total = 0.0
-    depth = 0
-    path_layer[0] = num_layers
-    path_node[0] = source
-    while total < limit:
-        k = path_layer[depth]
-        i = path_node[depth]
-        u = k * n + i
-        amount = 0.0
-        if k == 1 and arc_of[u] == 0:
-            residual = sink_cap[i] - sink_flow[i]
-            if residual > RESIDUAL_EPS and level[sink] == level[u] + 1:
-                amount = residual
-                for d in range(depth):
-                    amount = min(amount, path_residual[d])
-                sink_flow[i] += amount
-            else:
-                arc_of[u] = n  # a layer-1 node's only forward arc is the one into the sink
-        elif k == 2 and not backward:
-            # Fan out: in the layered level graph every live layer-1 node leads to the sink, so
-            # push the path's bottleneck through as many of them as it takes, in one go.
-            budget = limit - total
-            for d in range(depth):
-                budget = min(budget, path_residual[d])
-            while arc_of[u] < num_arcs[1, i] and budget - amount > RESIDUAL_EPS:
-                arc = arc_of[u]
-                head = order[1, i, arc]
-                if head < floor:  # the rest of this capacity class is below floor too
-                    arc_of[u] = _end_of_class(class_end, 1, i, arc)
-                    continue
-                if level[n + head] == level[u] + 1:
-                    into_head = capacities[1, i, head] - flow[1, i, head]
-                    out_of_head = sink_cap[head] - sink_flow[head]
-                    if out_of_head <= RESIDUAL_EPS:
-                        level[n + head] = -1
-                    elif into_head > RESIDUAL_EPS:
-                        pushed = min(budget - amount, into_head, out_of_head)
-                        index = (n + i) * n + head
-                        if not recorded[index]:
-                            recorded[index] = True
-                            touched[num_touched] = index
-                            num_touched += 1
-                        flow[1, i, head] += pushed
-                        sink_flow[head] += pushed
-                        amount += pushed
-                        if out_of_head - pushed <= RESIDUAL_EPS:
-                            level[n + head] = -1
-                        elif into_head - pushed > RESIDUAL_EPS:
-                            break  # the budget is used up; this arc can take more later
-                arc_of[u] += 1
-        if amount > 0.0:  # augment along the path: amount is at most every path residual
-            retreat = depth
-            for d in range(depth - 1, -1, -1):
-                kd = path_layer[d]
-                node = path_node[d]
-                arc = path_arc[d]
-                if arc < n:
-                    head = path_node[d + 1]
-                    index = ((kd - 1) * n + node) * n + head
-                    if not recorded[index]:
-                        recorded[index] = True
-                        touched[num_touched] = index
-                        num_touched += 1
-                    flow[kd - 1, node, head] += amount
-                else:
-                    flow[kd, arc - n, node] -= amount
-                path_residual[d] -= amount
-                if path_residual[d] <= RESIDUAL_EPS:
-                    retreat = d
-            total += amount
-            depth = retreat
-            continue
-        advanced = False
-        while True:
-            arc = arc_of[u]
-            if arc < n:
-                if arc >= num_arcs[k - 1, i]:  # sorted: the remaining forward arcs are empty
-                    arc_of[u] = n
-                    continue
-                head = order[k - 1, i, arc]
-                if head < floor:  # the rest of this capacity class is below floor too
-                    arc_of[u] = _end_of_class(class_end, k - 1, i, arc)
-                    continue
-                if level[(k - 1) * n + head] == level[u] + 1:
-                    residual = capacities[k - 1, i, head] - flow[k - 1, i, head]
-                    if residual > RESIDUAL_EPS:
-                        advanced = True
-                        head_layer = k - 1
-                        break
-            elif backward and arc < 2 * n and k < num_layers:
-                head = arc - n
-                residual = flow[k, head, i]
-                if residual > RESIDUAL_EPS and level[(k + 1) * n + head] == level[u] + 1:
-                    advanced = True
-                    head_layer = k + 1
-                    break
-            else:
-                break
-            arc_of[u] = arc + 1
-        if advanced:
-            path_arc[depth] = arc
-            path_residual[depth] = residual
-            depth += 1
-            path_layer[depth] = head_layer
-            path_node[depth] = head
-        else:
-            if depth == 0:
-                break
-            level[u] = -1  # dead end for the rest of this phase
-            depth -= 1
-            arc_of[path_layer[depth] * n + path_node[depth]] += 1
-    return total, num_touched
 
+    def __init__(self, capacities: np.ndarray, sources: Sequence[int], threads: int | None = None) -> None:
+        if capacities.dtype not in (np.float32, np.float64):
+            capacities = capacities.astype(np.float64)
+        self.capacities = np.ascontiguousarray(capacities)
+        self.sources = np.asarray(sources, dtype=np.int64)
+        self.threads = threads
+        self.order, self.num_arcs, self.class_end = dinic.sort_arcs(self.capacities)
+        leak = dinic.leak_past(self.capacities)
+        #: ``(len(sources), n)`` float64: the early-stop cut of each task (:func:`cut_capacities`).
+        self.cuts = cut_capacities(self.capacities, self.sources, leak)
+        # Causal (no arc to a later position below the top): nodes at positions below the sink
+        # cannot reach it, carry no flow and are never searched.
+        self.causal = bool(leak.max() <= 0.0)
+        self.into_sink = np.ascontiguousarray(self.capacities[0].T)  # [j] = the arcs into (0, j)
 
-@numba.njit(cache=True)
-def _levels(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, class_end, flow, sink_flow, level, queue,
-            floor):
-    """Breadth-first distances from the source in the residual graph; False if the sink is cut off."""
-    level[:] = -1
-    top = num_layers * n + source
-    level[top] = 0
-    queue[0] = top
-    head = 0
-    tail = 1
-    while head < tail:
-        u = queue[head]
-        head += 1
-        if level[sink] >= 0 and level[u] >= level[sink]:
-            break
-        k = u // n
-        i = u - k * n
-        if k == 1:
-            if level[sink] < 0 and sink_cap[i] - sink_flow[i] > RESIDUAL_EPS:
-                level[sink] = level[u] + 1
-        else:
-            arc = 0
-            while arc < num_arcs[k - 1, i]:
-                if order[k - 1, i, arc] < floor:
-                    arc = _end_of_class(class_end, k - 1, i, arc)
-                    continue
-                head_node = order[k - 1, i, arc]
-                v = (k - 1) * n + head_node
-                if level[v] < 0 and capacities[k - 1, i, head_node] - flow[k - 1, i, head_node] > RESIDUAL_EPS:
-                    level[v] = level[u] + 1
-                    queue[tail] = v
-                    tail += 1
-                arc += 1
-        if k < num_layers:
-            for p in range(floor, n):  # nodes below floor carry no flow
-                v = (k + 1) * n + p
-                if level[v] < 0 and flow[k, p, i] > RESIDUAL_EPS:
-                    level[v] = level[u] + 1
-                    queue[tail] = v
-                    tail += 1
-    return level[sink] >= 0
+    def bounds(
+        self,
+        slack: float | np.ndarray = CUT_GAP,
+        tasks: np.ndarray | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Solve ``tasks`` (default: all ``len(sources)·n``) to ``slack`` (a number or one per task).
 
+        ``progress`` is called with the number of tasks done after each block of about
+        ``len(tasks) / PROGRESS_BLOCKS`` tasks (e.g. ``tqdm.update``). Ctrl-C
+        (``KeyboardInterrupt``) stops the solve: the threads finish the sink they are on and the
+        exception is raised again here.
 
-@numba.njit(cache=True)
-def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, class_end, upper,
-                      flow, sink_flow, level, arc_of, path_layer, path_node, path_arc, path_residual, queue, touched,
-                      recorded, floor):
-    """Exact max-flow value from ``(num_layers, source)`` to ``(0, sink)``; leaves ``flow`` zeroed."""
-    sink_flow[:] = 0.0
-    # Phase 1: the level graph is the layered DAG itself (every source-sink path has num_layers
-    # arcs and the flow is zero), so no breadth-first search is needed.
-    for k in range(1, num_layers + 1):
-        level[k * n : (k + 1) * n] = num_layers - k
-    level[:n] = -1
-    level[sink] = num_layers
-    arc_of[:] = 0
-    value = 0.0
-    num_touched = 0
-    backward = False
-    while True:
-        pushed, num_touched = _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, class_end,
-                                             flow, sink_flow, level, arc_of, path_layer, path_node, path_arc,
-                                             path_residual, touched, recorded, num_touched, upper - CUT_GAP - value,
-                                             backward, floor)
-        value += pushed
-        if value >= upper - CUT_GAP:
-            break
-        if not _levels(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, class_end, flow, sink_flow,
-                       level, queue, floor):
-            break
-        arc_of[:] = 0
-        backward = True  # later level graphs can use reverse arcs
-    flat = flow.ravel()
-    for t in range(num_touched):
-        flat[touched[t]] = 0.0
-        recorded[touched[t]] = False
-    return value
+        Returns:
+            ``(lower, upper)``, float64 ``(len(tasks),)`` each.
+        """
+        n = self.capacities.shape[-1]
+        tasks = np.arange(len(self.sources) * n, dtype=np.int64) if tasks is None else np.asarray(tasks, np.int64)
+        slack = np.broadcast_to(np.asarray(slack, dtype=np.float64), tasks.shape).copy()
+        lower = np.zeros(len(tasks))
+        upper = np.full(len(tasks), np.nan)
+        work = len(tasks) * self.capacities.size
+        threads = self.threads
+        if threads is None:  # threads pay only when the work outweighs starting them (~1 ms)
+            threads = numba.get_num_threads() if work >= THREADS_MIN_WORK else 1
+        threads = max(1, min(threads, len(tasks)))
+        block = len(tasks) if progress is None else max(threads, -(-len(tasks) // PROGRESS_BLOCKS))
+        stop = np.zeros(1, dtype=np.bool_)
+        table_bits = np.zeros(threads, dtype=np.int64)
 
+        def run(thread: int, part: slice) -> None:
+            picked = slice(part.start + thread, part.stop, threads)
+            table_bits[thread] = dinic.solve_sinks(
+                self.capacities, self.order, self.num_arcs, self.class_end, self.into_sink, self.cuts, self.causal,
+                self.sources, tasks[picked], slack[picked], lower[picked], upper[picked], table_bits[thread], stop,
+            )
 
-@numba.njit(cache=True, nogil=True)
-def _leak_past(capacities):
-    """``leak[j]``: capacity of the arcs from positions ``< j`` to positions ``>= j`` below the top.
-
-    With it, ``Σ_{m >= j} capacities[-1][source, m] + leak[j]`` is the capacity of a cut for sink
-    ``(0, j)``: the source side is the source and every node at a position ``< j`` in the layers
-    below it (layer 0 included, the sink excepted). On causal (lower-triangular) attention
-    ``leak = 0`` and this "suffix cut" is the min cut for almost every sink (``docs/solver.md``),
-    so the solver stops as soon as its flow reaches it instead of proving optimality with
-    breadth-first searches; a source at a position below the sink gets 0 at once.
-    """
-    num_layers, n, _ = capacities.shape
-    leak = np.zeros(n)
-    for k in range(num_layers - 1):  # arcs between the layers below the top
-        # crossing[j] = Σ_{i < j} Σ_{m >= j} capacities[k][i, m], updated from j to j + 1
-        crossing = 0.0
-        for j in range(1, n):
-            for m in range(j, n):  # row j - 1 joins the source side
-                crossing += capacities[k, j - 1, m]
-            for i in range(j - 1):  # column j - 1 leaves the sink side
-                crossing -= capacities[k, i, j - 1]
-            leak[j] += crossing
-    return leak
-
-
-@numba.njit(cache=True, nogil=True)
-def _solve_sinks(capacities, order, num_arcs, class_end, sources, first, step, out):
-    """Fill ``out[p, j]`` for the tasks ``first, first + step, ...`` of ``(p, j)`` in row-major order.
-
-    Runs without the GIL so that threads can share the sinks of one graph.
-    """
-    num_layers, n, _ = capacities.shape
-    upper_source = capacities[num_layers - 1].sum(axis=1)
-    into_sink = np.ascontiguousarray(capacities[0].T)  # into_sink[j] = capacities of the arcs into (0, j)
-    upper_sink = into_sink.sum(axis=1)
-    nodes = (num_layers + 1) * n
-    flow = np.zeros((num_layers, n, n))
-    sink_flow = np.zeros(n)
-    level = np.empty(nodes, np.int64)
-    arc_of = np.empty(nodes, np.int64)
-    path_layer = np.empty(nodes + 1, np.int64)
-    path_node = np.empty(nodes + 1, np.int64)
-    path_arc = np.empty(nodes + 1, np.int64)
-    path_residual = np.empty(nodes + 1)
-    queue = np.empty(nodes, np.int64)
-    touched = np.empty(num_layers * n * n, np.int64)
-    recorded = np.zeros(num_layers * n * n, np.bool_)
-    leak = _leak_past(capacities)
-    # Causal (no arc to a later position below the top): nodes at positions below the sink cannot
-    # reach it, carry no flow and are never searched.
-    causal = leak.max() <= 0.0
-    for task in range(first, len(sources) * n, step):
-        position = task // n
-        sink = task - position * n
-        source = sources[position]
-        suffix = 0.0  # the source's arcs into positions >= sink
-        for m in range(sink, n):
-            suffix += capacities[num_layers - 1, source, m]
-        upper = min(upper_source[source], upper_sink[sink], suffix + leak[sink])
-        out[position, sink] = _max_flow_to_sink(num_layers, n, source, sink, into_sink[sink], capacities, order,
-                                                num_arcs, class_end, upper, flow, sink_flow, level, arc_of,
-                                                path_layer, path_node, path_arc, path_residual, queue, touched,
-                                                recorded, sink if causal else 0)
+        pool = None if threads == 1 and work < THREADS_MIN_WORK else ThreadPoolExecutor(threads)
+        try:
+            for start in range(0, len(tasks), block):
+                part = slice(start, min(start + block, len(tasks)))
+                if pool is None:  # tiny: solve here (Ctrl-C is seen within ~10 ms anyway)
+                    run(0, part)
+                else:  # in threads, so that this thread can take Ctrl-C while they solve
+                    for job in [pool.submit(run, thread, part) for thread in range(threads)]:
+                        job.result()
+                if progress is not None:
+                    progress(part.stop - part.start)
+        except BaseException:
+            stop[0] = True  # the threads stop after their current sink
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        return lower, upper
 
 
 def fast_max_flows_many(capacities: np.ndarray, sources: Sequence[int], threads: int | None = None) -> np.ndarray:
     """:func:`fast_max_flows` for several sources on the same graph (sorting the arcs once).
 
     Args:
-        capacities: float64 ``(l, n, n)`` as in :func:`fast_max_flows`.
+        capacities: float32 or float64 ``(l, n, n)`` as in :class:`FastSolver`.
         sources: top-layer nodes.
-        threads: threads sharing the sinks (default: ``numba.get_num_threads()``, the cores, once
-            ``len(sources)·n·l·n² >= THREADS_MIN_WORK``, e.g. from ``l = 6``, ``n = 128`` or
-            ``l = 12``, ``n = 80`` for one source; 1 below).
+        threads: as in :class:`FastSolver`.
 
     Returns:
         float64 ``(len(sources), n)``.
     """
-    capacities = np.ascontiguousarray(capacities, dtype=np.float64)
-    sources = np.asarray(sources, dtype=np.int64)
-    n = capacities.shape[-1]
-    order, num_arcs, class_end = _sort_arcs(capacities)
-    out = np.zeros((len(sources), n))
-    if threads is None:  # threads pay only when the work outweighs starting them (~1 ms)
-        work = len(sources) * n * capacities.size
-        threads = numba.get_num_threads() if work >= THREADS_MIN_WORK else 1
-    threads = max(1, min(threads, len(sources) * n))
-    if threads == 1:
-        _solve_sinks(capacities, order, num_arcs, class_end, sources, 0, 1, out)
-        return out
-    with ThreadPoolExecutor(threads) as pool:
-        jobs = [
-            pool.submit(_solve_sinks, capacities, order, num_arcs, class_end, sources, first, threads, out)
-            for first in range(threads)
-        ]
-        for job in jobs:
-            job.result()
-    return out
+    solver = FastSolver(capacities, sources, threads)
+    return solver.bounds()[0].reshape(len(solver.sources), capacities.shape[-1])
 
 
 def fast_max_flows(capacities: np.ndarray, source: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_attnflow.attr.base import AttentionAttribution
-from captum_attnflow.flow import attention_flow, head_flow
+from captum_attnflow.flow import check_tol, flow_layers, head_flow
 
 
 class AttentionFlow(AttentionAttribution):
@@ -38,6 +38,7 @@ class AttentionFlow(AttentionAttribution):
         attention_layers: Sequence[nn.Module] | Sequence[str] | None = None,
         extractor: Callable | None = None,
         flow_solver: str = "auto",
+        tol: float | None = None,
     ) -> None:
         r"""
         Args:
@@ -50,12 +51,39 @@ class AttentionFlow(AttentionAttribution):
             flow_solver (str, optional): The exact max-flow solver, ``"auto"`` (the fastest
                         available) or a name in :data:`captum_attnflow.maxflow.SOLVERS`.
                         Default: "auto"
+            tol (float, optional): ``None`` for exact flow, or the largest error allowed in each
+                        score (bounded flow, :func:`captum_attnflow.attention_flow`). After each
+                        ``attribute`` call :attr:`gap` holds the proven bound reached (``<= tol``;
+                        0 when exact, up to rounding to the input dtype).
+                        Default: None
         """
+        tol = check_tol(tol)
         super().__init__(forward_func, attention_layers, extractor)
         self.flow_solver = flow_solver
+        self.tol = tol
+        #: The largest proven error of the scores of the last ``attribute`` call.
+        self.gap = 0.0
+
+    def attribute_recorded(self, attentions, mask, **kwargs) -> Tensor:
+        self.gap = 0.0
+        return super().attribute_recorded(attentions, mask, **kwargs)
 
     def graph_rows(self, attentions, mask, *, gradients, layers, positions, head, residual, head_fusion) -> Tensor:
-        options = dict(residual=residual, head_fusion=head_fusion, mask=mask, output_positions=positions, flow_solver=self.flow_solver)
+        options = dict(residual=residual, head_fusion=head_fusion, mask=mask, output_positions=positions,
+                       flow_solver=self.flow_solver, tol=self.tol)
         if head is None:
-            return attention_flow(attentions, layers=sorted(set(layers)), **options)[:, layers]
-        return torch.stack([head_flow(attentions, layer=index, head=head, **options)[:, 0] for index in layers], dim=1)
+            values, error, solved, _, _ = flow_layers(attentions, layers=sorted(set(layers)), **options)
+            picked = [solved.index(layer) for layer in layers]
+            values, errors = values[:, picked], [error[:, picked]]
+        else:
+            results = [head_flow(attentions, layer=index, head=head, **options) for index in layers]
+            if self.tol is not None:
+                errors = [result.error for result in results]
+                results = [result.values for result in results]
+            else:
+                errors = []
+            values = torch.stack([result[:, 0] for result in results], dim=1)
+        for error in errors:
+            if not torch.isnan(error).all():
+                self.gap = max(self.gap, float(error.nan_to_num(0.0).max()))
+        return values
