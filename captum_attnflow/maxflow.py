@@ -7,7 +7,7 @@ one separate single-sink problem per ``j``.
 
 Solvers are pure functions on numpy arrays::
 
-    solver(capacities: float64 array (l, n, n), source: int) -> float64 array (n,)
+    solver(capacities: float array (l, n, n), source: int) -> float64 array (n,)
 
 ``SOLVERS`` maps a name to each solver:
 
@@ -226,33 +226,38 @@ def fast_max_flows_many(capacities: np.ndarray, sources: Sequence[int], threads:
 def fast_max_flows(capacities: np.ndarray, source: int) -> np.ndarray:
     """Exact max-flow values by Dinic's algorithm specialised to the layered attention graph.
 
-    One Dinic run per sink ``(0, j)``, compiled with numba (``nogil``); the sinks are shared out
-    over ``numba.get_num_threads()`` threads when the graph is big enough to pay (see
-    :func:`fast_max_flows_many`). What makes it fast on this graph:
+    One Dinic run per sink ``(0, j)``, compiled with numba (``nogil``, kernels in
+    :mod:`captum_attnflow.dinic`); the sinks are shared out over ``numba.get_num_threads()``
+    threads when the graph is big enough to pay (see :class:`FastSolver`). What makes it fast on
+    this graph:
 
-    * the graph is never built: arcs are read from the dense capacity matrices, each node's arcs
-      sorted once by decreasing capacity (shared by all sinks and sources), so the depth-first
-      search follows the big arcs first, needs fewer augmenting paths and stops scanning a node
-      at its first zero arc;
+    * the graph is never built: arcs are read from the dense capacity matrices (float32 read as
+      is), each node's arcs ordered once (shared by all sinks and sources) in decreasing capacity
+      classes a factor ``√2`` apart, so the depth-first search follows the big arcs first, needs
+      fewer augmenting paths and stops scanning a node at its first zero arc;
+    * within a class the arcs are ordered by position, so on causal attention, where no node at
+      a position below the sink can reach it, the search skips such heads a class at a time;
     * the first phase needs no breadth-first search: with zero flow the level graph *is* the
       layered DAG (every path has ``l`` arcs), and reverse arcs cannot be on it, so they are not
       scanned;
     * after an augmentation the search resumes at the first arc it saturated, with the residuals
       of the current path cached;
-    * a sink stops as soon as its flow reaches a cut's capacity, the smaller of
-      ``capacities[l-1, source].sum()`` (all arcs out of the source) and
-      ``capacities[0, :, j].sum()`` (all arcs into the sink): on random attention the latter is
-      almost always the min cut, so one partial phase finishes;
-    * only the arcs that carried flow are reset between sinks.
+    * a sink stops as soon as its flow reaches a cut's capacity, the smallest of all arcs out of
+      the source, all arcs into the sink (on random attention almost always the min cut) and the
+      suffix cut ``Σ_{m >= j} c[l-1][source, m] + leak[j]`` (the source with every node below it
+      at a position ``< j``; on causal attention the min cut of most sinks);
+    * the flow of the current sink lives in a small hash table, with one bit per arc saying
+      whether to look there, and only its arcs are reset between sinks.
 
-    Measured (2-core CPU, one thread, one source, all sinks): real 6-layer MiniLM attention at
-    ``n = 128`` in ~20 ms of CPU time (scipy's Dinic: ~260 ms), ``n = 512`` in ~1.5 s (scipy:
-    minutes); random 12-layer attention at ``n = 128`` in ~23 ms. See ``benchmarks/bench_flow.py``.
+    Measured (``benchmarks/bench_flow.py``, ``benchmarks/bench_llm_flow.py``, ``docs/solver.md``):
+    real 6-layer MiniLM attention at ``n = 128`` in ~20 ms of CPU time (scipy's Dinic: ~260 ms);
+    real SmolLM2 attention (30 layers), the last position at the last layer, at ``n = 1024`` in a
+    few seconds, less than the forward pass that recorded it.
 
     Why it is exact: Dinic's algorithm stops only when (a) the flow equals the capacity of a cut
     — by weak duality no flow can be larger — or (b) no augmenting path is left in the residual
     graph, the max-flow/min-cut optimality condition. Residual capacities up to
-    :data:`RESIDUAL_EPS` (``1e-13``) count as saturated, so the value can be low by at most
+    :data:`captum_attnflow.dinic.RESIDUAL_EPS` (``1e-13``) count as saturated, so the value can be low by at most
     ``1e-13`` per arc of the final cut (``≤ l·n²·1e-13``); in (a) it is within :data:`CUT_GAP`
     (``1e-12``) of the cut. Each phase strictly lengthens the shortest augmenting path, so there
     are at most ``l·n + 1`` phases. On real attention the min cut is usually not the trivial one
@@ -262,7 +267,8 @@ def fast_max_flows(capacities: np.ndarray, source: int) -> np.ndarray:
     machine code on disk (``cache=True``) for later processes.
 
     Args:
-        capacities: float64 ``(l, n, n)``; ``capacities[k-1, i, j]`` is the arc ``(k, i) -> (k-1, j)``.
+        capacities: float32 or float64 ``(l, n, n)``; ``capacities[k-1, i, j]`` is the arc
+            ``(k, i) -> (k-1, j)``.
         source: the top-layer node ``(l, source)``.
 
     Returns:
