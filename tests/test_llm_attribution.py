@@ -99,6 +99,16 @@ def test_flow_rows_match_networkx(tiny):
     assert (result.token_attr[1:].sum(1) < 1 + 1e-6).all()
 
 
+def test_bounded_flow_rows_are_within_the_reported_gap(tiny):
+    model, tokenizer = tiny
+    exact = LLMAttentionAttribution(AttentionFlow(model), tokenizer).attribute(PROMPT, target=TARGET)
+    method = AttentionFlow(model, tol=2e-3)
+    method.gap = 1.0  # a stale value from an earlier call must not survive
+    bounded = LLMAttentionAttribution(method, tokenizer).attribute(PROMPT, target=TARGET)
+    assert 0 <= method.gap <= 2e-3
+    assert (bounded.token_attr - exact.token_attr).abs().max() <= method.gap + 1e-6
+
+
 def test_rows_for_one_head_and_head_fusion(tiny):
     model, tokenizer = tiny
     method = AttentionRollout(model)

@@ -53,8 +53,9 @@ class AttentionFlow(AttentionAttribution):
                         Default: "auto"
             tol (float, optional): ``None`` for exact flow, or the largest error allowed in each
                         score (bounded flow, :func:`captum_attnflow.attention_flow`). After each
-                        ``attribute`` call :attr:`gap` holds the proven bound reached (``<= tol``;
-                        0 when exact, up to rounding to the input dtype).
+                        ``attribute`` call (and after ``LLMAttentionAttribution.attribute`` with
+                        this method) :attr:`gap` holds the proven bound reached (``<= tol``; 0 when
+                        exact, up to rounding to the input dtype).
                         Default: None
         """
         tol = check_tol(tol)

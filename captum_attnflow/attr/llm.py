@@ -353,6 +353,8 @@ class LLMAttentionAttribution(Attribution):
         log_probs = torch.log_softmax(logits.float(), dim=-1).gather(1, target[:, None])[:, 0]
         options = dict(layers=layers, head=head, residual=residual, head_fusion=head_fusion)
         if not gradient:
+            if hasattr(method, "gap"):  # AttentionFlow: the proven error of this call's rows
+                method.gap = 0.0
             matrix = method.graph_rows(attentions, mask, gradients=None, positions=positions, **options)
             return matrix[0, 0, positions], log_probs.detach()
         detached = [a.detach() for a in attentions]
