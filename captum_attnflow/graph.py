@@ -38,12 +38,12 @@ stays float64). Inputs that require grad give a differentiable result.
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple, Sequence
+from typing import Iterator, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from captum_attnflow.graph_kernel import mean_residual_layer
+from captum_attnflow.graph_kernel import mean_residual_block, rollout_products
 
 HeadFusion = Literal["mean", "max", "min"]
 HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
@@ -64,6 +64,11 @@ ROW_SUM_TOLERANCE = 1e-2
 #: Layers are validated and fused in blocks of at most this many attention weights (a few MB), so
 #: small inputs cost a handful of tensor operations in total and large ones stay layer by layer.
 BLOCK_ELEMENTS = 1 << 16
+
+#: Up to this many tokens the rollout products run as compiled loops
+#: (:func:`~captum_attnflow.graph_kernel.rollout_products`) instead of one BLAS call per layer
+#: (which costs more to set up than the ``n³`` work below about ``n = 48`` on a 2-core AMD EPYC).
+COMPILED_PRODUCTS_MAX_N = 32
 
 
 class RowSumError(ValueError):
@@ -444,6 +449,19 @@ def discard_lowest(
     return fused.masked_fill(drop.view_as(fused), 0.0)
 
 
+def layer_blocks(layers: Sequence[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
+    """The layers in blocks of at most :data:`BLOCK_ELEMENTS` weights (at least one layer each).
+
+    Yields:
+        ``(start, block)``: ``block`` ``(batch, c, heads, n, n)`` holds layers ``start`` to
+        ``start + c - 1``, stacked (a copy) or, for one layer, a view of it.
+    """
+    step = max(1, BLOCK_ELEMENTS // layers[0].numel())
+    for start in range(0, len(layers), step):
+        chunk = layers[start : start + step]
+        yield start, chunk[0].unsqueeze(1) if len(chunk) == 1 else torch.stack(chunk, dim=1)
+
+
 def prepare_graph(
     attentions,
     *,
@@ -473,12 +491,10 @@ def prepare_graph(
     mask = as_mask(mask, batch=batch, n=n, device=layers[0].device)
     protected = check_discard(discard_ratio, protected_tokens, n)
     fused_input = head_fusion if heads == 1 and head_fusion != "mean" and not renormalize else None
-    step = max(1, BLOCK_ELEMENTS // layers[0].numel())
     augmented = None
     grad = torch.is_grad_enabled() and any(layer.requires_grad for layer in layers)
-    for start in range(0, len(layers), step):
-        chunk = layers[start : start + step]
-        block = chunk[0].unsqueeze(1) if len(chunk) == 1 else torch.stack(chunk, dim=1)
+    for start, block in layer_blocks(layers):
+        chunk = layers[start : start + block.shape[1]]
         with torch.set_grad_enabled(grad):  # no autograd bookkeeping for inputs without grad
             block = check_attention_values(block, mask, renormalize=renormalize, fused=fused_input, first_layer=start)
             if renormalize:
@@ -487,7 +503,7 @@ def prepare_graph(
             if discard_ratio > 0:
                 fused = discard_lowest(fused, discard_ratio, protected, mask)
             matrices = augment_residual(fused, residual=residual, mask=mask, owned=True)
-        if step >= len(layers):
+        if len(chunk) == len(layers):
             augmented = matrices
         else:
             if augmented is None:
@@ -520,7 +536,9 @@ def rollout_matrices(augmented: torch.Tensor, *, inplace: bool = False) -> torch
     """``(batch, L, n, n)`` of ``Â_l`` -> ``(batch, L, n, n)`` of ``R_l = Â_l · R_{l-1}``.
 
     ``inplace=True`` overwrites ``augmented`` (no second ``L·n²`` buffer) unless it requires grad:
-    then the products are stacked out of place, so that the result can be differentiated.
+    then the products are stacked out of place, so that the result can be differentiated. Float
+    CPU tensors of at most :data:`COMPILED_PRODUCTS_MAX_N` tokens take compiled loops, others
+    ``torch.bmm``.
     """
     if augmented.requires_grad:
         products = [augmented[:, 0]]
@@ -528,6 +546,9 @@ def rollout_matrices(augmented: torch.Tensor, *, inplace: bool = False) -> torch
             products.append(torch.matmul(augmented[:, layer], products[-1]))
         return torch.stack(products, dim=1)
     out = augmented if inplace else augmented.clone()
+    if out.shape[-1] <= COMPILED_PRODUCTS_MAX_N and out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64):
+        rollout_products(out.numpy())
+        return out
     with torch.no_grad():  # with grad mode on, torch's matmul of these strided views is ~100x slower on CPU
         for layer in range(1, out.shape[1]):
             out[:, layer] = torch.bmm(out[:, layer], out[:, layer - 1])  # bmm: matmul's reshaping costs µs per call
@@ -535,10 +556,11 @@ def rollout_matrices(augmented: torch.Tensor, *, inplace: bool = False) -> torch
 
 
 def mean_residual_graph(layers: list[torch.Tensor]) -> torch.Tensor | None:
-    """The paper's graph ``Â_l = rownorm(mean_h A_l[h] + I)`` in one compiled pass per layer, or None.
+    """The paper's graph ``Â_l = rownorm(mean_h A_l[h] + I)`` in one compiled pass, or None.
 
     The fast path of :func:`rollout` (mean fusion, residual, no mask, renormalisation or
-    discard): :func:`~captum_attnflow.graph_kernel.mean_residual_layer` reads each weight once,
+    discard): :func:`~captum_attnflow.graph_kernel.mean_residual_block`, called once per block of
+    :func:`layer_blocks` (all layers at once for small inputs), reads each weight once,
     rejecting negative weights and rows of any head whose sum is NaN, infinite or further than
     :data:`ROW_SUM_TOLERANCE` from 1 (the checks of :func:`check_attention_values`), where
     :func:`prepare_graph` makes four passes.
@@ -558,8 +580,8 @@ def mean_residual_graph(layers: list[torch.Tensor]) -> torch.Tensor | None:
     augmented = torch.empty(batch, len(layers), n, n, dtype=first.dtype)
     target = augmented.numpy()
     low, high = 1 - ROW_SUM_TOLERANCE, 1 + ROW_SUM_TOLERANCE
-    for index, layer in enumerate(layers):
-        if not mean_residual_layer(layer.contiguous().numpy(), target, index, low, high):
+    for start, block in layer_blocks(layers):
+        if not mean_residual_block(block.contiguous().numpy(), target, start, low, high):
             return None
     return augmented
 

@@ -18,45 +18,71 @@ FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
 
 @numba.njit(cache=True, fastmath=FASTMATH)
-def mean_residual_layer(attention: np.ndarray, augmented: np.ndarray, layer: int, low: float, high: float) -> bool:
-    """Check one layer of attention and write its graph matrix ``rownorm(mean_h A[h] + I)``.
+def mean_residual_block(block: np.ndarray, augmented: np.ndarray, first_layer: int, low: float, high: float) -> bool:
+    """Check a block of layers of attention and write their graph matrices ``rownorm(mean_h A[h] + I)``.
 
     Args:
-        attention: ``(batch, heads, n, n)`` float32 or float64.
-        augmented: ``(batch, L, n, n)`` of the same dtype; ``augmented[:, layer]`` receives the
-            graph matrix of ``attention``.
-        layer: index on ``augmented``'s layer axis.
+        block: ``(batch, c, heads, n, n)`` float32 or float64, layers ``first_layer`` to
+            ``first_layer + c - 1``.
+        augmented: ``(batch, L, n, n)`` of the same dtype; ``augmented[:, first_layer + k]``
+            receives the graph matrix of ``block[:, k]``.
+        first_layer: index on ``augmented``'s layer axis of the block's first layer.
         low, high: bounds on the sum of every row of every head.
 
     Returns:
         True when no weight is negative and every row of every head sums to a value in
-        ``[low, high]`` (so NaN and inf fail); False otherwise, and ``augmented[:, layer]`` is
-        then unspecified.
+        ``[low, high]`` (so NaN and inf fail); False otherwise, and the block's layers of
+        ``augmented`` are then unspecified.
     """
-    batch, heads, n, _ = attention.shape
-    row = np.empty(n, attention.dtype)  # the fused row, summed over heads
+    batch, layers, heads, n, _ = block.shape
+    row = np.empty(n, block.dtype)  # the fused row, summed over heads
     zero = row.dtype.type(0)  # sums in the input's dtype: float32 stays float32
-    negative = 0
+    negative = False
     sums_in_bounds = True
     for b in range(batch):
-        for i in range(n):
-            row[:] = zero
-            for h in range(heads):
-                weights = attention[b, h, i]
+        for c in range(layers):
+            for i in range(n):
+                row[:] = zero
+                for h in range(heads):
+                    weights = block[b, c, h, i]
+                    total = zero
+                    for j in range(n):
+                        weight = weights[j]
+                        total += weight
+                        row[j] += weight
+                        negative |= weight < 0  # vectorises (a min would not); -0.0 is not negative, as for amin
+                    sums_in_bounds &= (total >= low) & (total <= high)
                 total = zero
                 for j in range(n):
-                    weight = weights[j]
-                    total += weight
-                    row[j] += weight
-                    negative += weight < 0  # a count vectorises; -0.0 is not negative, as for amin
-                sums_in_bounds &= (total >= low) & (total <= high)
-            total = zero
-            for j in range(n):
-                row[j] /= heads
-                total += row[j]
-            row[i] += 1
-            total += 1
-            out = augmented[b, layer, i]
-            for j in range(n):
-                out[j] = row[j] / total
-    return sums_in_bounds and negative == 0
+                    row[j] /= heads
+                    total += row[j]
+                row[i] += 1
+                total += 1
+                out = augmented[b, first_layer + c, i]
+                for j in range(n):
+                    out[j] = row[j] / total
+    return sums_in_bounds and not negative
+
+
+@numba.njit(cache=True, fastmath=FASTMATH)
+def rollout_products(augmented: np.ndarray) -> None:
+    """``R_l = Â_l · R_{l-1}`` in place: ``augmented`` ``(batch, L, n, n)`` of ``Â_l`` becomes the ``R_l``.
+
+    Plain loops (row ``i`` of ``R_l`` is ``Σ_k Â_l[i, k]·R_{l-1}[k]``, vectorised over the row), for
+    small ``n``, where a BLAS call costs more to set up than the product itself.
+    """
+    batch, layers, n, _ = augmented.shape
+    row = np.empty(n, augmented.dtype)
+    zero = row.dtype.type(0)
+    for b in range(batch):
+        for layer in range(1, layers):
+            below = augmented[b, layer - 1]
+            current = augmented[b, layer]
+            for i in range(n):
+                row[:] = zero
+                for k in range(n):
+                    weight = current[i, k]
+                    source = below[k]
+                    for j in range(n):
+                        row[j] += weight * source[j]
+                current[i] = row  # row i of Â_l is not read again

@@ -8,12 +8,14 @@ import torch
 
 from captum_attnflow import attention_flow, head_rollout, raw_attention, rollout
 from captum_attnflow.graph import (
+    COMPILED_PRODUCTS_MAX_N,
     RowSumError,
     attention_layers,
     augment_residual,
     fuse_heads,
     mean_residual_graph,
     prepare_graph,
+    rollout_matrices,
 )
 
 
@@ -411,3 +413,20 @@ def test_fast_graph_leaves_grad_to_the_general_path():
     attentions = [a.requires_grad_() for a in random_attention(seed=15)]
     assert mean_residual_graph(attentions) is None
     assert rollout(attentions).requires_grad
+
+
+@pytest.mark.parametrize("n", [COMPILED_PRODUCTS_MAX_N, COMPILED_PRODUCTS_MAX_N + 1])  # compiled loops, bmm
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rollout_products_match_a_matmul_loop(n, dtype):
+    generator = torch.Generator().manual_seed(16)
+    augmented = torch.softmax(torch.randn(3, 4, n, n, generator=generator, dtype=dtype), dim=-1)
+    expected = [augmented[:, 0]]
+    for layer in range(1, 4):
+        expected.append(augmented[:, layer] @ expected[-1])
+    expected = torch.stack(expected, dim=1)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-14
+    torch.testing.assert_close(rollout_matrices(augmented), expected, atol=tolerance, rtol=0)
+    torch.testing.assert_close(rollout_matrices(augmented[:, :3].clone(), inplace=True), expected[:, :3], atol=tolerance, rtol=0)
+    sliced = augmented[:, :3]  # batch 3: not contiguous, as head_rollout passes it
+    torch.testing.assert_close(rollout_matrices(sliced, inplace=True), expected[:, :3], atol=tolerance, rtol=0)
+    assert torch.equal(augmented[:, :3], sliced)  # in place
