@@ -547,8 +547,9 @@ def rollout_matrices(augmented: torch.Tensor, *, inplace: bool = False) -> torch
         return torch.stack(products, dim=1)
     out = augmented if inplace else augmented.clone()
     if out.shape[-1] <= COMPILED_PRODUCTS_MAX_N and out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64):
-        rollout_products(out.numpy())
-        return out
+        work = out.contiguous()  # a view (head_rollout's first layers) is copied, then written back
+        rollout_products(work.numpy())
+        return out if work is out else out.copy_(work)
     with torch.no_grad():  # with grad mode on, torch's matmul of these strided views is ~100x slower on CPU
         for layer in range(1, out.shape[1]):
             out[:, layer] = torch.bmm(out[:, layer], out[:, layer - 1])  # bmm: matmul's reshaping costs µs per call

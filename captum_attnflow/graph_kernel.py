@@ -1,9 +1,12 @@
-"""The compiled pass behind the CPU fast path of :func:`captum_attnflow.rollout` (numba).
+"""The compiled loops behind the CPU fast path of :func:`captum_attnflow.rollout` (numba).
 
-One read of every attention weight both checks it and builds the paper's graph matrix
-``Â = rownorm(mean_h A[h] + I)`` (steps 2 and 4 of :mod:`captum_attnflow.graph`), the work the
-general torch path spreads over four passes (row sums, minimum, head mean, normalisation) and a
-dozen tensor operations per block of layers.
+:func:`mean_residual_block` reads every attention weight once to both check it and build the
+paper's graph matrix ``Â = rownorm(mean_h A[h] + I)`` (steps 2 and 4 of
+:mod:`captum_attnflow.graph`), the work the general torch path spreads over four passes (row
+sums, minimum, head mean, normalisation) and a dozen tensor operations per block of layers.
+:func:`rollout_products` multiplies the small matrices of short inputs, where a BLAS call per
+layer costs more than the product. Each kernel compiles once per dtype and caches on disk; a
+fresh process loads them on its first call.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def mean_residual_block(block: np.ndarray, augmented: np.ndarray, first_layer: i
 
 @numba.njit(cache=True, fastmath=FASTMATH)
 def rollout_products(augmented: np.ndarray) -> None:
-    """``R_l = Â_l · R_{l-1}`` in place: ``augmented`` ``(batch, L, n, n)`` of ``Â_l`` becomes the ``R_l``.
+    """``R_l = Â_l · R_{l-1}`` in place: C-contiguous ``(batch, L, n, n)`` of ``Â_l`` becomes the ``R_l``.
 
     Plain loops (row ``i`` of ``R_l`` is ``Σ_k Â_l[i, k]·R_{l-1}[k]``, vectorised over the row), for
     small ``n``, where a BLAS call costs more to set up than the product itself.
