@@ -31,43 +31,64 @@ ARC_CLASSES = 64
 _HASH = -7046029254386353131
 
 
-def sort_arcs(capacities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sort_arcs(capacities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Arcs of every node in decreasing capacity classes, by decreasing head position within a class.
 
     The classes (a factor ``√2`` apart, :data:`ARC_CLASSES`) keep the search on big arcs first;
     the position order inside a class lets a search that may only use heads at positions
     ``>= floor`` (causal attention) skip the rest of a class at its first head below ``floor``
-    instead of scanning it.
+    instead of scanning it. Only arcs above :data:`RESIDUAL_EPS` are listed (about half of them on
+    causal attention), and none of layer 0's (the solver reads those from ``capacities``).
 
-    Returns ``(order, num_arcs, class_end)``: ``order[k, i, r]`` ``(l, n, n)`` (int16 when ``n <
-    2**15``, else int32) is the head of the ``r``-th arc out of ``(k+1, i)``, ``num_arcs[k, i]``
-    ``(l, n)`` the number of arcs above :data:`RESIDUAL_EPS` (they come first; the others are never
-    used) and ``class_end[k, i, b]`` ``(l, n, ARC_CLASSES)`` the index after the last arc of the
-    classes ``<= b``.
+    Returns ``(order, row_start, num_arcs, class_end)``: the heads of the arcs out of ``(k+1, i)``
+    are ``order[row_start[k, i] : row_start[k, i] + num_arcs[k, i]]`` (int16 when ``n < 2**15``,
+    else int32), ``row_start`` and ``num_arcs`` are ``(l, n)`` and ``class_end[k, i, b]``
+    ``(l, n, ARC_CLASSES)`` is the index (within the row) after the last arc of the classes
+    ``<= b``.
     """
     num_layers, n, _ = capacities.shape
-    order = np.empty((num_layers, n, n), np.int16 if n < 2**15 else np.int32)
-    class_end = np.empty((num_layers, n, ARC_CLASSES), np.int32)
-    _sort_rows(capacities, order, class_end)
-    num_arcs = np.ascontiguousarray(class_end[..., ARC_CLASSES - 2])
-    return order, num_arcs, class_end
+    class_end = np.zeros((num_layers, n, ARC_CLASSES), np.int32)
+    num_arcs = _count_arcs(capacities)
+    row_start = np.zeros(num_arcs.size, np.int64)
+    np.cumsum(num_arcs.ravel()[:-1], out=row_start[1:])
+    row_start = row_start.reshape(num_arcs.shape)
+    order = np.empty(int(num_arcs.sum()), np.int16 if n < 2**15 else np.int32)
+    _sort_rows(capacities, order, row_start, class_end)
+    return order, row_start, num_arcs, class_end
+
+
+@numba.njit(cache=True, inline="always")
+def _arc_class(c):
+    """The capacity class of an arc (:data:`ARC_CLASSES`)."""
+    if c <= RESIDUAL_EPS:
+        return ARC_CLASSES - 1
+    return min(max(int(np.floor(-2.0 * np.log2(c))), 0), ARC_CLASSES - 2)
 
 
 @numba.njit(cache=True, nogil=True)
-def _sort_rows(capacities, order, class_end):
+def _count_arcs(capacities):
+    """``(l, n)`` int64: arcs above :data:`RESIDUAL_EPS` out of each node (0 for layer 0)."""
+    num_layers, n, _ = capacities.shape
+    counts = np.zeros((num_layers, n), np.int64)
+    for k in range(1, num_layers):
+        for i in range(n):
+            for j in range(n):
+                if np.float64(capacities[k, i, j]) > RESIDUAL_EPS:
+                    counts[k, i] += 1
+    return counts
+
+
+@numba.njit(cache=True, nogil=True)
+def _sort_rows(capacities, order, row_start, class_end):
     """Counting sort of every row into :func:`sort_arcs`' order (``O(n)`` per row, no comparisons)."""
     num_layers, n, _ = capacities.shape
     classes = np.empty(n, np.int64)
     start = np.empty(ARC_CLASSES, np.int64)
-    for k in range(num_layers):
+    for k in range(1, num_layers):
         for i in range(n):
             start[:] = 0
             for j in range(n):
-                c = np.float64(capacities[k, i, j])
-                if c <= RESIDUAL_EPS:
-                    b = ARC_CLASSES - 1
-                else:
-                    b = min(max(int(np.floor(-2.0 * np.log2(c))), 0), ARC_CLASSES - 2)
+                b = _arc_class(np.float64(capacities[k, i, j]))
                 classes[j] = b
                 start[b] += 1
             total = 0
@@ -75,10 +96,12 @@ def _sort_rows(capacities, order, class_end):
                 total += start[b]
                 class_end[k, i, b] = total
                 start[b] = total - start[b]
+            base = row_start[k, i]
             for j in range(n - 1, -1, -1):
-                r = start[classes[j]]
-                start[classes[j]] = r + 1
-                order[k, i, r] = j
+                b = classes[j]
+                if b < ARC_CLASSES - 1:
+                    order[base + start[b]] = j
+                    start[b] += 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -154,7 +177,7 @@ def _end_of_class(class_end, layer, node, arc):
 
 
 @numba.njit(cache=True)
-def _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, class_end, flows, keys, values,
+def _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, row_start, num_arcs, class_end, flows, keys, values,
                    used, count, sink_flow, level, arc_of, path_layer, path_node, path_arc, path_residual, limit,
                    backward, floor, causal):
     """Dinic's blocking flow on the level graph ``level`` by depth-first search.
@@ -202,7 +225,7 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, num
                 budget = min(budget, path_residual[d])
             while arc_of[u] < num_arcs[1, i] and budget - amount > RESIDUAL_EPS:
                 arc = arc_of[u]
-                head = order[1, i, arc]
+                head = order[row_start[1, i] + arc]
                 if head < floor:  # the rest of this capacity class is below floor too
                     arc_of[u] = _end_of_class(class_end, 1, i, arc)
                     continue
@@ -245,7 +268,7 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, num
                 if arc >= num_arcs[k - 1, i]:  # the remaining forward arcs are empty
                     arc_of[u] = n + (i if causal else 0)  # on causal attention only p >= i lead in
                     continue
-                head = order[k - 1, i, arc]
+                head = order[row_start[k - 1, i] + arc]
                 if head < floor:  # the rest of this capacity class is below floor too
                     arc_of[u] = _end_of_class(class_end, k - 1, i, arc)
                     continue
@@ -282,7 +305,7 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, num
 
 
 @numba.njit(cache=True)
-def _levels(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, class_end, flows, keys, values, sink_flow,
+def _levels(num_layers, n, source, sink, sink_cap, capacities, order, row_start, num_arcs, class_end, flows, keys, values, sink_flow,
             level, queue, floor, causal):
     """Breadth-first distances from the source in the residual graph; False if the sink is cut off."""
     level[:] = -1
@@ -304,7 +327,7 @@ def _levels(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, 
         else:
             arc = 0
             while arc < num_arcs[k - 1, i]:
-                j = order[k - 1, i, arc]
+                j = order[row_start[k - 1, i] + arc]
                 if j < floor:
                     arc = _end_of_class(class_end, k - 1, i, arc)
                     continue
@@ -327,7 +350,7 @@ def _levels(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, 
 
 
 @numba.njit(cache=True)
-def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, class_end, upper, slack,
+def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, capacities, order, row_start, num_arcs, class_end, upper, slack,
                       causal, flows, keys, values, used, sink_flow, level, arc_of, path_layer, path_node, path_arc,
                       path_residual, queue):
     """Max flow from ``(num_layers, source)`` to ``(0, sink)``, stopping within ``slack`` of the cut
@@ -353,7 +376,7 @@ def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, capacities, order, 
     ok = True
     bound = upper
     while True:
-        pushed, count, full = _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs,
+        pushed, count, full = _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, row_start, num_arcs,
                                              class_end, flows, keys, values, used, count, sink_flow, level, arc_of,
                                              path_layer, path_node, path_arc, path_residual, upper - slack - value,
                                              backward, floor, causal)
@@ -363,7 +386,7 @@ def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, capacities, order, 
             break
         if value >= upper - slack:
             break
-        if not _levels(num_layers, n, source, sink, sink_cap, capacities, order, num_arcs, class_end, flows, keys, values,
+        if not _levels(num_layers, n, source, sink, sink_cap, capacities, order, row_start, num_arcs, class_end, flows, keys, values,
                        sink_flow, level, queue, floor, causal):
             bound = value
             break
@@ -377,7 +400,7 @@ def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, capacities, order, 
 
 
 @numba.njit(cache=True, nogil=True)
-def solve_sinks(capacities, order, num_arcs, class_end, into_sink, cuts, causal, sources, tasks, slack, lower, upper,
+def solve_sinks(capacities, order, row_start, num_arcs, class_end, into_sink, cuts, causal, sources, tasks, slack, lower, upper,
                 table_bits, stop):
     """Solve the tasks ``tasks`` (flat indices ``p·n + j``: source ``sources[p]``, sink ``j``).
 
@@ -412,7 +435,7 @@ def solve_sinks(capacities, order, num_arcs, class_end, into_sink, cuts, causal,
         sink = tasks[t] - position * n
         while True:
             low, high, ok = _max_flow_to_sink(num_layers, n, sources[position], sink, into_sink[sink], capacities,
-                                              order, num_arcs, class_end, cuts[position, sink], slack[t], causal,
+                                              order, row_start, num_arcs, class_end, cuts[position, sink], slack[t], causal,
                                               flows, keys, values, used, sink_flow, level, arc_of, path_layer, path_node,
                                               path_arc, path_residual, queue)
             if ok:

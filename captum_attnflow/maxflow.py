@@ -142,7 +142,7 @@ class FastSolver:
         self.capacities = np.ascontiguousarray(capacities)
         self.sources = np.asarray(sources, dtype=np.int64)
         self.threads = threads
-        self.order, self.num_arcs, self.class_end = dinic.sort_arcs(self.capacities)
+        self.order, self.row_start, self.num_arcs, self.class_end = dinic.sort_arcs(self.capacities)
         leak = dinic.leak_past(self.capacities)
         #: ``(len(sources), n)`` float64: the early-stop cut of each task (:func:`cut_capacities`).
         self.cuts = cut_capacities(self.capacities, self.sources, leak)
@@ -184,7 +184,7 @@ class FastSolver:
         def run(thread: int, part: slice) -> None:
             picked = slice(part.start + thread, part.stop, threads)
             table_bits[thread] = dinic.solve_sinks(
-                self.capacities, self.order, self.num_arcs, self.class_end, self.into_sink, self.cuts, self.causal,
+                self.capacities, self.order, self.row_start, self.num_arcs, self.class_end, self.into_sink, self.cuts, self.causal,
                 self.sources, tasks[picked], slack[picked], lower[picked], upper[picked], table_bits[thread], stop,
             )
 
