@@ -355,8 +355,8 @@ def test_fast_graph_equals_the_general_path(dtype):
 
 
 def small_float32_attention():
-    """Float32 attention: batch 2, 3 layers, 4 heads, n = 6."""
-    return random_attention(batch=2, layers=3, heads=4, n=6, seed=14, dtype=torch.float32)
+    """Float32 attention: batch 2, 3 layers, 6 heads (the kernel takes heads 0-3 together, 4 and 5 alone), n = 6."""
+    return random_attention(batch=2, layers=3, heads=6, n=6, seed=14, dtype=torch.float32)
 
 
 def put(attentions, layer, index, value):
@@ -388,6 +388,9 @@ def scale_rows(attentions, layer, rows, factors):
         (lambda a: put(a, 2, (1, 3, 5, 4), float("nan")), ValueError, "NaN or inf .*batch 1, layer 2, head 3, row 5, column 4"),
         (lambda a: put(a, 1, (0, 0, 0, 0), float("inf")), ValueError, "NaN or inf"),
         (lambda a: put(a, 1, (1, 2, 3, 1), -float("inf")), ValueError, "NaN or inf"),
+        (lambda a: put(a, 0, (1, 5, 0, 2), float("nan")), ValueError, "NaN or inf .*batch 1, layer 0, head 5, row 0, column 2"),
+        (lambda a: move_weight(a, 1, (0, 4, 2), -1e-30), ValueError, "layer 1 contains negative weights"),
+        (lambda a: scale_rows(a, 2, [(0, 5, 1)], [0.98]), RowSumError, "row 1 of batch 0, layer 2, head 5 sums to 0.98"),
         (lambda a: move_weight(a, 2, (1, 3, 5), -1e-30), ValueError, "layer 2 contains negative weights"),
         (lambda a: scale_rows(a, 1, [(1, 3, 5)], [1.5]), RowSumError, "row 5 of batch 1, layer 1, head 3 sums to 1.5"),
         # two heads off by ∓30 % in the same row: their mean still sums to 1, each head must not
