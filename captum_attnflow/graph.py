@@ -70,6 +70,10 @@ BLOCK_ELEMENTS = 1 << 16
 #: (which costs more to set up than the ``n³`` work below about ``n = 48`` on a 2-core AMD EPYC).
 COMPILED_PRODUCTS_MAX_N = 32
 
+#: ``rollout_matrices(..., inplace=True)`` writes the products into a new tensor (one ``bmm`` with
+#: ``out=`` per layer, no copy) up to this many entries, and over ``augmented`` above (memory).
+PRODUCTS_BUFFER_MAX_ELEMENTS = 1 << 22
+
 
 class RowSumError(ValueError):
     """Attention rows that do not sum to 1; the message suggests ``renormalize=True``."""
@@ -535,25 +539,34 @@ def check_index(value: int, size: int, name: str, what: str) -> int:
 def rollout_matrices(augmented: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     """``(batch, L, n, n)`` of ``Â_l`` -> ``(batch, L, n, n)`` of ``R_l = Â_l · R_{l-1}``.
 
-    ``inplace=True`` overwrites ``augmented`` (no second ``L·n²`` buffer) unless it requires grad:
-    then the products are stacked out of place, so that the result can be differentiated. Float
-    CPU tensors of at most :data:`COMPILED_PRODUCTS_MAX_N` tokens take compiled loops, others
-    ``torch.bmm``.
+    ``inplace=True`` lets the products overwrite ``augmented`` (no second ``L·n²`` buffer) unless
+    it requires grad: then they are stacked out of place, so that the result can be differentiated.
+    Without grad, float CPU tensors of at most :data:`COMPILED_PRODUCTS_MAX_N` tokens take compiled
+    loops; others one ``torch.bmm`` per layer, written straight into a new tensor (``out=``) unless
+    ``inplace=True`` and ``augmented`` holds more than :data:`PRODUCTS_BUFFER_MAX_ELEMENTS` entries.
     """
     if augmented.requires_grad:
         products = [augmented[:, 0]]
         for layer in range(1, augmented.shape[1]):
             products.append(torch.matmul(augmented[:, layer], products[-1]))
         return torch.stack(products, dim=1)
-    out = augmented if inplace else augmented.clone()
-    if out.shape[-1] <= COMPILED_PRODUCTS_MAX_N and out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64):
+    small = augmented.shape[-1] <= COMPILED_PRODUCTS_MAX_N
+    if small and augmented.device.type == "cpu" and augmented.dtype in (torch.float32, torch.float64):
+        out = augmented if inplace else augmented.clone()
         work = out.contiguous()  # a view (head_rollout's first layers) is copied, then written back
         rollout_products(work.numpy())
         return out if work is out else out.copy_(work)
     with torch.no_grad():  # with grad mode on, torch's matmul of these strided views is ~100x slower on CPU
-        for layer in range(1, out.shape[1]):
-            out[:, layer] = torch.bmm(out[:, layer], out[:, layer - 1])  # bmm: matmul's reshaping costs µs per call
-    return out
+        if inplace and augmented.numel() > PRODUCTS_BUFFER_MAX_ELEMENTS:
+            out = augmented
+            for layer in range(1, out.shape[1]):
+                out[:, layer] = torch.bmm(out[:, layer], out[:, layer - 1])  # bmm: matmul's reshaping costs µs per call
+            return out
+        result = torch.empty_like(augmented, memory_format=torch.contiguous_format)
+        result[:, 0] = augmented[:, 0]
+        for layer in range(1, augmented.shape[1]):
+            torch.bmm(augmented[:, layer], result[:, layer - 1], out=result[:, layer])
+    return result
 
 
 def mean_residual_graph(layers: list[torch.Tensor]) -> torch.Tensor | None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from captum_attnflow import attention_flow, head_rollout, raw_attention, rollout
+from captum_attnflow import graph
 from captum_attnflow.graph import (
     COMPILED_PRODUCTS_MAX_N,
     RowSumError,
@@ -420,7 +421,9 @@ def test_fast_graph_leaves_grad_to_the_general_path():
 
 @pytest.mark.parametrize("n", [COMPILED_PRODUCTS_MAX_N, COMPILED_PRODUCTS_MAX_N + 1])  # compiled loops, bmm
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_rollout_products_match_a_matmul_loop(n, dtype):
+@pytest.mark.parametrize("buffer_max", [graph.PRODUCTS_BUFFER_MAX_ELEMENTS, 0])  # bmm into a new tensor / in place
+def test_rollout_products_match_a_matmul_loop(n, dtype, buffer_max, monkeypatch):
+    monkeypatch.setattr(graph, "PRODUCTS_BUFFER_MAX_ELEMENTS", buffer_max)
     generator = torch.Generator().manual_seed(16)
     augmented = torch.softmax(torch.randn(3, 4, n, n, generator=generator, dtype=dtype), dim=-1)
     expected = [augmented[:, 0]]
@@ -430,6 +433,8 @@ def test_rollout_products_match_a_matmul_loop(n, dtype):
     tolerance = 1e-6 if dtype == torch.float32 else 1e-14
     torch.testing.assert_close(rollout_matrices(augmented), expected, atol=tolerance, rtol=0)
     torch.testing.assert_close(rollout_matrices(augmented[:, :3].clone(), inplace=True), expected[:, :3], atol=tolerance, rtol=0)
+    original = augmented.clone()
+    torch.testing.assert_close(rollout_matrices(augmented), expected, atol=tolerance, rtol=0)
+    assert torch.equal(augmented, original)  # inplace=False leaves the input alone
     sliced = augmented[:, :3]  # batch 3: not contiguous, as head_rollout passes it
     torch.testing.assert_close(rollout_matrices(sliced, inplace=True), expected[:, :3], atol=tolerance, rtol=0)
-    assert torch.equal(augmented[:, :3], sliced)  # in place
