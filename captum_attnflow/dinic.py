@@ -8,14 +8,16 @@ input node ``(0, sink)``. The Python side is :func:`captum_attnflow.maxflow.fast
 ``docs/solver.md`` records what was tried and measured.
 
 Memory is ``O(l·n²)`` only for the inputs (``capacities`` and the arc order ``order``, int16 up to
-``n = 32767``): the flow lives in a small hash table (:func:`_add_flow`) that holds only the arcs
-carrying flow for the current sink, per thread.
+``n = 32767``) and one bit per arc per thread: above ``maxflow.DENSE_ARCS`` arcs the flow lives in
+a small hash table (:func:`_add_flow`) that holds only the arcs carrying flow for the current sink.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 #: Residual capacities at or below this are treated as saturated (float round-off would otherwise
 #: leave arcs with ~1e-17 of residual that no path can use). Each arc of the final cut can hide at
@@ -138,33 +140,103 @@ def _slot(keys, key):
     return h
 
 
-@numba.njit(cache=True, inline="always")
 def _flow_of(flows, keys, values, key):
     """Flow on the arc with flat index ``key`` (``((k-1)·n + i)·n + j`` for ``(k, i) -> (k-1, j)``).
 
-    ``flows`` has one bit per arc, set once the arc carried flow: most arcs a search looks at never
-    did, and their bit (next to their neighbours', unlike their hash slots) answers 0 at once.
+    Compiled only, by the overload below, in one of two storages chosen by the type of ``keys``:
+    ``None`` — dense, ``values[key]``; an array — the hash table ``keys``/``values``, where the
+    arc's bit in ``flows`` (set once the arc carried flow) answers 0 at once for almost every arc
+    a search looks at, without touching the table. Each storage gets its own compiled solver.
     """
-    if (flows[key >> 6] >> np.uint64(key & 63)) & np.uint64(1) == 0:
-        return 0.0
-    h = _slot(keys, key)
-    if keys[h] == key:
-        return values[h]
-    return 0.0
+    raise NotImplementedError("compiled by numba only")
 
 
-@numba.njit(cache=True, inline="always")
 def _add_flow(flows, keys, values, used, count, key, amount):
-    """Add ``amount`` to the flow of arc ``key``; a new arc is listed in ``used``. Returns the count."""
-    h = _slot(keys, key)
-    if keys[h] == key:
-        values[h] += amount
-        return count
-    flows[key >> 6] |= np.uint64(1) << np.uint64(key & 63)
-    keys[h] = key
-    values[h] = amount
-    used[count] = h
-    return count + 1
+    """Add ``amount`` to the flow of arc ``key``, list a new arc in ``used``; returns the count of
+    listed arcs. Compiled only (storages as in :func:`_flow_of`)."""
+    raise NotImplementedError("compiled by numba only")
+
+
+def _clear_flows(flows, keys, values, used, count):
+    """Reset the ``count`` listed arcs to no flow. Compiled only (storages as in :func:`_flow_of`)."""
+    raise NotImplementedError("compiled by numba only")
+
+
+def _room(keys, used):
+    """How many arcs may be listed before the table must grow. Compiled only."""
+    raise NotImplementedError("compiled by numba only")
+
+
+@overload(_flow_of, inline="always")
+def _flow_of_compiled(flows, keys, values, key):
+    if isinstance(keys, types.NoneType):
+        return lambda flows, keys, values, key: values[key]
+
+    def hashed(flows, keys, values, key):
+        if (flows[key >> 6] >> np.uint64(key & 63)) & np.uint64(1) == 0:
+            return 0.0
+        h = _slot(keys, key)
+        if keys[h] == key:
+            return values[h]
+        return 0.0
+
+    return hashed
+
+
+@overload(_add_flow, inline="always")
+def _add_flow_compiled(flows, keys, values, used, count, key, amount):
+    if isinstance(keys, types.NoneType):
+
+        def dense(flows, keys, values, used, count, key, amount):
+            if (flows[key >> 6] >> np.uint64(key & 63)) & np.uint64(1) == 0:
+                flows[key >> 6] |= np.uint64(1) << np.uint64(key & 63)
+                values[key] = amount
+                used[count] = key
+                return count + 1
+            values[key] += amount
+            return count
+
+        return dense
+
+    def hashed(flows, keys, values, used, count, key, amount):
+        h = _slot(keys, key)
+        if keys[h] == key:
+            values[h] += amount
+            return count
+        flows[key >> 6] |= np.uint64(1) << np.uint64(key & 63)
+        keys[h] = key
+        values[h] = amount
+        used[count] = h
+        return count + 1
+
+    return hashed
+
+
+@overload(_clear_flows)
+def _clear_flows_compiled(flows, keys, values, used, count):
+    if isinstance(keys, types.NoneType):
+
+        def dense(flows, keys, values, used, count):
+            for t in range(count):
+                values[used[t]] = 0.0
+                flows[used[t] >> 6] = 0
+
+        return dense
+
+    def hashed(flows, keys, values, used, count):
+        for t in range(count):
+            key = keys[used[t]]
+            keys[used[t]] = -1
+            flows[key >> 6] = 0
+
+    return hashed
+
+
+@overload(_room, inline="always")
+def _room_compiled(keys, used):
+    if isinstance(keys, types.NoneType):
+        return lambda keys, used: used.shape[0]
+    return lambda keys, used: keys.shape[0] // 2
 
 
 @numba.njit(cache=True, inline="always")
@@ -200,7 +272,7 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, row
     depth = 0
     path_layer[0] = num_layers
     path_node[0] = source
-    capacity = keys.shape[0] // 2
+    capacity = _room(keys, used)
     while total < limit:
         if count > capacity:
             return total, count, True
@@ -392,27 +464,49 @@ def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, capacities, order, 
             break
         arc_of[:] = 0
         backward = True  # later level graphs can use reverse arcs
-    for t in range(count):
-        key = keys[used[t]]
-        flows[key >> 6] = 0
-        keys[used[t]] = -1
+    _clear_flows(flows, keys, values, used, count)
     return value, max(bound, value), ok
 
 
 @numba.njit(cache=True, nogil=True)
-def solve_sinks(capacities, order, row_start, num_arcs, class_end, into_sink, cuts, causal, sources, tasks, slack, lower, upper,
-                table_bits, stop):
+def _solve_tasks(capacities, order, row_start, num_arcs, class_end, into_sink, cuts, causal, sources, tasks, slack,
+                 lower, upper, stop, first, flows, keys, values, used, sink_flow, level, arc_of, path_layer, path_node,
+                 path_arc, path_residual, queue):
+    """Solve ``tasks[first:]`` with one flow storage; returns the index of the first task left
+    unsolved: ``len(tasks)`` when done (or stopped), else the task whose flow table filled up."""
+    num_layers, n, _ = capacities.shape
+    for t in range(first, len(tasks)):
+        if stop[0]:
+            return len(tasks)
+        position = tasks[t] // n
+        sink = tasks[t] - position * n
+        low, high, ok = _max_flow_to_sink(num_layers, n, sources[position], sink, into_sink[sink], capacities, order,
+                                          row_start, num_arcs, class_end, cuts[position, sink], slack[t], causal, flows,
+                                          keys, values, used, sink_flow, level, arc_of, path_layer, path_node,
+                                          path_arc, path_residual, queue)
+        if not ok:
+            return t
+        lower[t] = low
+        upper[t] = high
+    return len(tasks)
+
+
+@numba.njit(cache=True, nogil=True)
+def solve_sinks(capacities, order, row_start, num_arcs, class_end, into_sink, cuts, causal, sources, tasks, slack, lower,
+                upper, dense, table_bits, stop):
     """Solve the tasks ``tasks`` (flat indices ``p·n + j``: source ``sources[p]``, sink ``j``).
 
     ``cuts[p, j]`` is a cut capacity for the task (the early stop), ``slack[t]`` how close to it a
     flow may stop. Writes ``lower[t]``/``upper[t]`` (see :func:`_max_flow_to_sink`); a task left
-    when ``stop[0]`` turns True is skipped (``upper[t]`` stays NaN). Runs without the GIL so that
-    threads can share the tasks of one graph.
+    when ``stop[0]`` turns True is skipped (``upper[t]`` stays NaN). With ``dense`` the flow is kept
+    in an ``l·n²`` float64 array, else in a hash table that grows 4× (and solves the sink again)
+    when it fills. Runs without the GIL so that threads can share the tasks of one graph.
 
-    Returns the size (``log2``) of the flow table it ended with, to start the next call from.
+    Returns the size (``log2``) of the hash table it ended with, to start the next call from.
     """
     num_layers, n, _ = capacities.shape
     nodes = (num_layers + 1) * n
+    arcs = num_layers * n * n
     sink_flow = np.zeros(n)
     level = np.empty(nodes, np.int64)
     arc_of = np.empty(nodes, np.int64)
@@ -421,29 +515,22 @@ def solve_sinks(capacities, order, row_start, num_arcs, class_end, into_sink, cu
     path_arc = np.empty(nodes + 1, np.int64)
     path_residual = np.empty(nodes + 1)
     queue = np.empty(nodes, np.int64)
+    flows = np.zeros((arcs + 63) // 64, np.uint64)
+    if dense:
+        _solve_tasks(capacities, order, row_start, num_arcs, class_end, into_sink, cuts, causal, sources, tasks, slack,
+                     lower, upper, stop, 0, flows, None, np.zeros(arcs), np.empty(arcs, np.int64), sink_flow, level,
+                     arc_of, path_layer, path_node, path_arc, path_residual, queue)
+        return table_bits
     # The table stays at most half full plus one augmentation (<= nodes + n new arcs) above that.
     while 2**table_bits < 4 * (nodes + n):
         table_bits += 1
-    flows = np.zeros((num_layers * n * n + 63) // 64, np.uint64)
-    keys = np.full(2**table_bits, -1, np.int64)
-    values = np.empty(2**table_bits)
-    used = np.empty(2**table_bits, np.int64)
-    for t in range(len(tasks)):
-        if stop[0]:
-            break
-        position = tasks[t] // n
-        sink = tasks[t] - position * n
-        while True:
-            low, high, ok = _max_flow_to_sink(num_layers, n, sources[position], sink, into_sink[sink], capacities,
-                                              order, row_start, num_arcs, class_end, cuts[position, sink], slack[t], causal,
-                                              flows, keys, values, used, sink_flow, level, arc_of, path_layer, path_node,
-                                              path_arc, path_residual, queue)
-            if ok:
-                break
-            table_bits += 2
-            keys = np.full(2**table_bits, -1, np.int64)
-            values = np.empty(2**table_bits)
-            used = np.empty(2**table_bits, np.int64)
-        lower[t] = low
-        upper[t] = high
-    return table_bits
+    first = 0
+    while True:
+        keys = np.full(2**table_bits, -1, np.int64)
+        first = _solve_tasks(capacities, order, row_start, num_arcs, class_end, into_sink, cuts, causal, sources,
+                             tasks, slack, lower, upper, stop, first, flows, keys, np.empty(2**table_bits),
+                             np.empty(2**table_bits, np.int64), sink_flow, level, arc_of, path_layer, path_node,
+                             path_arc, path_residual, queue)
+        if first == len(tasks):
+            return table_bits
+        table_bits += 2

@@ -97,6 +97,10 @@ CUT_GAP = 1e-12
 #: (tasks × arcs) = ``len(tasks)·l·n²`` (~10 ms of solving).
 THREADS_MIN_WORK = 4_000_000
 
+#: Graphs with at most this many arcs keep their flow in a dense float64 array per thread (no
+#: hashing; 128 MiB at most); larger ones in a hash table of the arcs carrying flow.
+DENSE_ARCS = 2**24
+
 #: With a ``progress`` callback the tasks are solved in about this many blocks (one call each).
 PROGRESS_BLOCKS = 100
 
@@ -185,7 +189,8 @@ class FastSolver:
             picked = slice(part.start + thread, part.stop, threads)
             table_bits[thread] = dinic.solve_sinks(
                 self.capacities, self.order, self.row_start, self.num_arcs, self.class_end, self.into_sink, self.cuts, self.causal,
-                self.sources, tasks[picked], slack[picked], lower[picked], upper[picked], table_bits[thread], stop,
+                self.sources, tasks[picked], slack[picked], lower[picked], upper[picked],
+                self.capacities.size <= DENSE_ARCS, table_bits[thread], stop,
             )
 
         pool = None if threads == 1 and work < THREADS_MIN_WORK else ThreadPoolExecutor(threads)

@@ -47,6 +47,35 @@ def test_solver_bounds_bracket_the_exact_max_flow(kind, slack):
         assert (exact - lower > 1e-6).any()
 
 
+@pytest.mark.parametrize("kind", ["random", "causal"])
+def test_hash_table_flow_storage_gives_the_same_values(kind, monkeypatch):
+    """Graphs above DENSE_ARCS keep the flow in a hash table (here forced; the table starts small
+    and must grow on these graphs): same max flows as networkx."""
+    monkeypatch.setattr("captum_attnflow.maxflow.DENSE_ARCS", 0)
+    capacities = graphs(5)[kind]
+    n = capacities.shape[-1]
+    for slack in (1e-12, 0.05):
+        lower, upper = FastSolver(capacities, [0, n - 1]).bounds(slack)
+        exact = np.concatenate([reference_values(capacities, source) for source in (0, n - 1)])
+        assert (lower <= exact + 1e-9).all() and (exact <= upper + 1e-9).all()
+        assert (upper - lower <= slack + 1e-12).all()
+
+
+def test_hash_table_grows_when_the_flow_spreads_over_every_arc(monkeypatch):
+    """Source arcs and sink arcs of capacity 1, every middle arc 1/n: the max flow (n) saturates
+    all l·n² middle arcs, far more than the table's first size, so it grows and the sink is
+    solved again."""
+    monkeypatch.setattr("captum_attnflow.maxflow.DENSE_ARCS", 0)
+    n, num_layers = 20, 4
+    capacities = np.full((num_layers, n, n), 1.0 / n)
+    capacities[-1] = capacities[0] = 1.0
+    solver = FastSolver(capacities, [0], threads=1)
+    lower, upper = solver.bounds()
+    np.testing.assert_allclose(lower, reference_values(capacities, 0), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(lower, float(n), atol=1e-9, rtol=0)
+    assert (upper - lower <= 1e-12).all()
+
+
 def test_solver_bounds_on_selected_tasks_and_float32():
     capacities = graphs(4)["causal"]
     n = capacities.shape[-1]
