@@ -187,11 +187,14 @@ class FastSolver:
 
         def run(thread: int, part: slice) -> None:
             picked = slice(part.start + thread, part.stop, threads)
+            # contiguous copies: one compiled signature whatever the thread count
+            part_lower, part_upper = np.ascontiguousarray(lower[picked]), np.ascontiguousarray(upper[picked])
             table_bits[thread] = dinic.solve_sinks(
-                self.capacities, self.order, self.row_start, self.num_arcs, self.class_end, self.into_sink, self.cuts, self.causal,
-                self.sources, tasks[picked], slack[picked], lower[picked], upper[picked],
-                self.capacities.size <= DENSE_ARCS, table_bits[thread], stop,
+                self.capacities, self.order, self.row_start, self.num_arcs, self.class_end, self.into_sink, self.cuts,
+                self.causal, self.sources, np.ascontiguousarray(tasks[picked]), np.ascontiguousarray(slack[picked]),
+                part_lower, part_upper, self.capacities.size <= DENSE_ARCS, table_bits[thread], stop,
             )
+            lower[picked], upper[picked] = part_lower, part_upper
 
         pool = None if threads == 1 and work < THREADS_MIN_WORK else ThreadPoolExecutor(threads)
         try:
