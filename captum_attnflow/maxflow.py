@@ -136,8 +136,9 @@ class FastSolver:
             ``len(tasks)·l·n² >= THREADS_MIN_WORK``, e.g. from ``l = 6``, ``n = 128`` or
             ``l = 12``, ``n = 80`` for one source; 1 below).
 
-    Memory: the capacities, the arc order (``l·n²`` int16) and, per thread, one bit per arc and
-    a table of the arcs carrying flow (:mod:`captum_attnflow.dinic`).
+    Memory: the capacities, the arc order (int16, arcs above ``1e-13`` only: about ``l·n²/2`` on
+    causal attention) and, per thread, one bit per arc and the flow: dense up to
+    :data:`DENSE_ARCS` arcs, else a table of the arcs carrying flow (:mod:`captum_attnflow.dinic`).
     """
 
     def __init__(self, capacities: np.ndarray, sources: Sequence[int], threads: int | None = None) -> None:
