@@ -129,7 +129,7 @@ def leak_past(capacities):
     return np.cumsum(change[:n])
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _slot(keys, key):
     """Index of ``key`` in the open-addressing table ``keys`` (-1 = empty), or of the empty slot
     where it would go (linear probing)."""
