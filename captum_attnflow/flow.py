@@ -417,7 +417,9 @@ def attention_flow(
     cores (about 4 s for one position at ``n = 1024``, 30 layers, 2 cores). Above
     :data:`COST_WARNING_SECONDS` of estimate a :class:`FlowCostWarning` says so before solving.
     Ctrl-C (``KeyboardInterrupt``) stops the solve cleanly. Memory: the graph (as float32 when
-    the attention is float32) and an ``l·n²`` int16 arc order, plus the result.
+    the attention is float32), an int16 arc order (about ``l·n²/2`` entries on causal attention)
+    and the ``(batch, L, n, n)`` result (:class:`~captum_attnflow.AttentionFlow` returns only the
+    requested rows).
     """
     values, error, layer_list, num_layers, output_format = flow_layers(
         attentions, layers=layers, output_positions=output_positions, residual=residual, head_fusion=head_fusion,
