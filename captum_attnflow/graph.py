@@ -494,6 +494,10 @@ def prepare_graph(
     batch, heads, n, _ = layers[0].shape
     mask = as_mask(mask, batch=batch, n=n, device=layers[0].device)
     protected = check_discard(discard_ratio, protected_tokens, n)
+    if residual and head_fusion == "mean" and mask is None and not renormalize and discard_ratio == 0:
+        augmented = mean_residual_graph(layers)  # the paper's graph in one compiled pass
+        if augmented is not None:
+            return augmented, layers, mask, output_format
     fused_input = head_fusion if heads == 1 and head_fusion != "mean" and not renormalize else None
     augmented = None
     grad = torch.is_grad_enabled() and any(layer.requires_grad for layer in layers)
@@ -572,8 +576,8 @@ def rollout_matrices(augmented: torch.Tensor, *, inplace: bool = False) -> torch
 def mean_residual_graph(layers: list[torch.Tensor]) -> torch.Tensor | None:
     """The paper's graph ``Â_l = rownorm(mean_h A_l[h] + I)`` in one compiled pass, or None.
 
-    The fast path of :func:`rollout` (mean fusion, residual, no mask, renormalisation or
-    discard): :func:`~captum_attnflow.graph_kernel.mean_residual_block`, called once per block of
+    The fast path of :func:`prepare_graph` (mean fusion, residual, no mask, renormalisation or
+    discard; so of rollout and flow): :func:`~captum_attnflow.graph_kernel.mean_residual_block`, called once per block of
     :func:`layer_blocks` (all layers at once for small inputs), reads each weight once,
     rejecting negative weights and rows of any head whose sum is NaN, infinite or further than
     :data:`ROW_SUM_TOLERANCE` from 1 (the checks of :func:`check_attention_values`), where
@@ -638,12 +642,6 @@ def rollout(
         ``i`` at layer ``l`` to input token ``j``; live rows sum to 1. Same dtype and device as the
         input (numpy in, numpy out); differentiable when the input requires grad.
     """
-    if residual and head_fusion == "mean" and mask is None and not renormalize:  # the paper's graph
-        layers, output_format = attention_layers(attentions)
-        check_discard(discard_ratio, protected_tokens, layers[0].shape[-1])
-        augmented = mean_residual_graph(layers) if discard_ratio == 0 else None
-        if augmented is not None:
-            return to_output(rollout_matrices(augmented, inplace=True), output_format)
     augmented, _, _, output_format = prepare_graph(
         attentions, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize,
         discard_ratio=discard_ratio, protected_tokens=protected_tokens,

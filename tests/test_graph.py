@@ -332,12 +332,13 @@ def test_discard_ratio_and_protected_tokens_are_validated(options, error, match)
         rollout(random_attention(), **options)
 
 
-# ----------------------------------------------------------------------------- rollout's compiled fast path
+# ---------------------------------------------------- the compiled fast path of prepare_graph (rollout, flow)
 
 
 def general_graph(attentions):
-    """``Â_l`` by the general torch path (:func:`prepare_graph`), which the fast path must equal."""
-    return prepare_graph(attentions)[0]
+    """``Â_l`` by the general torch path of :func:`prepare_graph`, which the fast path must equal
+    (inputs that require grad keep prepare_graph off its fast path; the arithmetic is the same)."""
+    return prepare_graph([a.detach().clone().requires_grad_() for a in attentions])[0].detach()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
