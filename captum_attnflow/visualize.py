@@ -204,7 +204,7 @@ def token_heatmap(
 
     Args:
         scores: ``{method: (batch, n) or (n,)}`` token scores, e.g. from
-            :func:`captum_attnflow.compare.compare_attributions`.
+            :func:`captum_attnflow.evaluation.compare.compare_attributions`.
         tokens: the sentence's ``n`` token strings.
         example: the batch row to show.
         mask: optional ``(batch, n)`` padding mask; padded tokens are left out.

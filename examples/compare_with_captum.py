@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from captum_attnflow.compare import compare_attributions, format_table
-from captum_attnflow.metrics import spearman
+from captum_attnflow.evaluation.compare import compare_attributions, format_table
+from captum_attnflow.evaluation.metrics import spearman
 from captum_attnflow.visualize import save_figure, token_heatmap
 
 

@@ -33,9 +33,9 @@ import torch
 from matplotlib.figure import Figure
 
 from captum_attnflow import AttentionFlow, AttentionRollout, LLMAttentionAttribution
-from captum_attnflow.files import writable_directory
-from captum_attnflow.metrics import spearman
-from captum_attnflow.results_md import add_option, write_table
+from captum_attnflow.utils.files import writable_directory
+from captum_attnflow.evaluation.metrics import spearman
+from captum_attnflow.utils.results_md import add_option, write_table
 from captum_attnflow.visualize import save_figure
 
 PROMPT = "Marie Curie was born in Warsaw but worked in France. She won the Nobel Prize twice, and her daughter Irène"
@@ -153,7 +153,7 @@ def main() -> None:
     target = args.target or (QUICK_TARGET if args.quick else TARGET)
     n_steps = args.n_steps or (4 if args.quick else 32)
 
-    from captum_attnflow.studies.llm import load_gguf_causal_lm
+    from captum_attnflow.models.gguf import load_gguf_causal_lm
 
     model, tokenizer = load_gguf_causal_lm()
     prompt_ids = tokenizer(args.prompt)["input_ids"]

@@ -3,13 +3,13 @@
 import torch
 import pytest
 
-from captum_attnflow.agreement.data import (
+from captum_attnflow.models.agreement_data import (
     CLS, END, NOUNS, PLURAL, batches_by_length, encode, generate_splits, vocabulary,
 )
-from captum_attnflow.agreement.model import (
+from captum_attnflow.models.agreement_model import (
     AgreementModel, CheckpointError, ModelConfig, load_checkpoint, save_checkpoint, shipped_checkpoint_path,
 )
-from captum_attnflow.agreement.train import TrainingConfig, accuracy, predict, train_model
+from captum_attnflow.studies.agreement.train import TrainingConfig, accuracy, predict, train_model
 
 SINGULAR_NOUNS = {pair[0] for pair in NOUNS}
 PLURAL_NOUNS = {pair[1] for pair in NOUNS}

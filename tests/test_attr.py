@@ -358,7 +358,7 @@ def test_inputs_embeds_through_a_function(bert, batch):
 
 @pytest.fixture(scope="module")
 def minilm():
-    weights = pytest.importorskip("captum_attnflow.studies.weights")
+    weights = pytest.importorskip("captum_attnflow.models.weights")
     try:
         path = weights.minilm_dir()
     except (ImportError, FileNotFoundError):

@@ -63,14 +63,14 @@ def test_bad_numbers_are_refused_in_one_line(argv, message, capsys, tmp_path):
 
 def test_python_functions_validate_their_counts():
     from captum_attnflow.studies.finetune import FinetuneConfig
-    from captum_attnflow.validation import check_count
+    from captum_attnflow.utils.validation import check_count
 
     assert check_count(3, "n") == 3 and check_count(0, "seed", minimum=0) == 0 and check_count(None, "m", optional=True) is None
     for value in (0, -5, 1e9, True, "3"):
         with pytest.raises(ValueError, match="n must be a positive integer"):
             check_count(value, "n")
-    from captum_attnflow.agreement.data import generate_splits
-    from captum_attnflow.agreement.study import run_study
+    from captum_attnflow.models.agreement_data import generate_splits
+    from captum_attnflow.studies.agreement.study import run_study
     from captum_attnflow.studies.pronoun import templated_examples
 
     with pytest.raises(ValueError, match="batch_size must be a positive integer; got 0"):

@@ -1,7 +1,7 @@
 """compare_attributions: aligned per-token scores for a tiny BERT classifier and a tiny GPT-2.
 
 Each Captum baseline is checked against an independent computation: blank-out by a loop that
-replaces one token at a time, saliency against :func:`captum_attnflow.metrics.input_gradient_scores`
+replaces one token at a time, saliency against :func:`captum_attnflow.evaluation.metrics.input_gradient_scores`
 (which goes through the model's ``inputs_embeds``, not the embedding-layer hook), integrated
 gradients by its completeness property, the attention methods against the classes.
 """
@@ -12,8 +12,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from captum_attnflow import AttentionFlow, GradientWeightedRollout, RawAttention  # noqa: E402
-from captum_attnflow.compare import compare_attributions, format_table  # noqa: E402
-from captum_attnflow.metrics import input_gradient_scores  # noqa: E402
+from captum_attnflow.evaluation.compare import compare_attributions, format_table  # noqa: E402
+from captum_attnflow.evaluation.metrics import input_gradient_scores  # noqa: E402
 
 VOCAB, N, BLANK = 40, 6, 1
 

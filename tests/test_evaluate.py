@@ -425,7 +425,7 @@ def test_resume_refuses_another_model_or_other_data_in_one_line(classifier, tmp_
 
 
 def test_output_directory_is_locked_while_a_run_writes(classifier, tmp_path):
-    from captum_attnflow.files import DirectoryLock, LockedError
+    from captum_attnflow.utils.files import DirectoryLock, LockedError
 
     data = make_data(2)
     with DirectoryLock(tmp_path):  # a live run (this process) holds it
@@ -637,8 +637,8 @@ def test_dask_local_cluster_equals_serial(classifier, serial, dask_client):
 
 def test_agreement_model_through_the_cli(tmp_path):
     """The built-in agreement model (a small checkpoint here): CLI wiring and padded = alone."""
-    from captum_attnflow.agreement.data import PAD, UNK, encode, generate_splits, vocabulary
-    from captum_attnflow.agreement.model import AgreementModel, ModelConfig, load_checkpoint, save_checkpoint
+    from captum_attnflow.models.agreement_data import PAD, UNK, encode, generate_splits, vocabulary
+    from captum_attnflow.models.agreement_model import AgreementModel, ModelConfig, load_checkpoint, save_checkpoint
     from captum_attnflow.cli import main
     from captum_attnflow.evaluation.models import AgreementClassifier
 

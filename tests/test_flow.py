@@ -17,7 +17,7 @@ import torch
 from networkx.algorithms.flow import boykov_kolmogorov
 
 from captum_attnflow.flow import attention_flow, head_flow
-from captum_attnflow.maxflow import SOLVERS, fast_max_flows_many
+from captum_attnflow.flow.maxflow import SOLVERS, fast_max_flows_many
 
 FIXTURE = Path(__file__).parent / "data" / "minilm_attention.npz"
 TOL = 1e-5

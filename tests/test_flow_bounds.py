@@ -21,7 +21,7 @@ from transformers import BertConfig, BertModel
 
 from captum_attnflow import AttentionFlow, attention_flow, head_flow
 from captum_attnflow.flow import BoundedFlow, FlowCostWarning, normalised_bounds
-from captum_attnflow.maxflow import FastSolver
+from captum_attnflow.flow.maxflow import FastSolver
 from test_flow import build_capacities, causal_attention, random_attention, reference_values
 
 
@@ -51,7 +51,7 @@ def test_solver_bounds_bracket_the_exact_max_flow(kind, slack):
 def test_hash_table_flow_storage_gives_the_same_values(kind, monkeypatch):
     """Graphs above DENSE_ARCS keep the flow in a hash table (here forced; the table starts small
     and must grow on these graphs): same max flows as networkx."""
-    monkeypatch.setattr("captum_attnflow.maxflow.DENSE_ARCS", 0)
+    monkeypatch.setattr("captum_attnflow.flow.maxflow.DENSE_ARCS", 0)
     capacities = graphs(5)[kind]
     n = capacities.shape[-1]
     for slack in (1e-12, 0.05):
@@ -65,7 +65,7 @@ def test_hash_table_grows_when_the_flow_spreads_over_every_arc(monkeypatch):
     """Source arcs and sink arcs of capacity 1, every middle arc 1/n: the max flow (n) saturates
     all l·n² middle arcs, far more than the table's first size, so it grows and the sink is
     solved again."""
-    monkeypatch.setattr("captum_attnflow.maxflow.DENSE_ARCS", 0)
+    monkeypatch.setattr("captum_attnflow.flow.maxflow.DENSE_ARCS", 0)
     n, num_layers = 20, 4
     capacities = np.full((num_layers, n, n), 1.0 / n)
     capacities[-1] = capacities[0] = 1.0
@@ -171,7 +171,7 @@ def test_cost_warning_names_the_estimate_and_the_ways_out(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         attention_flow(raw)  # far below the threshold: silent
-    monkeypatch.setattr("captum_attnflow.flow.COST_WARNING_SECONDS", 0.0)
+    monkeypatch.setattr("captum_attnflow.flow.cost.COST_WARNING_SECONDS", 0.0)
     with pytest.warns(FlowCostWarning, match=r"192 max-flow problems on graphs of up to 3 layers x 8 tokens, estimated .* min") as caught:
         attention_flow(raw)
     text = str(caught[0].message)

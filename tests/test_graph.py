@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from captum_attnflow import attention_flow, head_rollout, raw_attention, rollout
-from captum_attnflow import graph
+from captum_attnflow.graph import propagate as graph_propagate
 from captum_attnflow.graph import (
     COMPILED_PRODUCTS_MAX_N,
     RowSumError,
@@ -422,9 +422,9 @@ def test_fast_graph_leaves_grad_to_the_general_path():
 
 @pytest.mark.parametrize("n", [COMPILED_PRODUCTS_MAX_N, COMPILED_PRODUCTS_MAX_N + 1])  # compiled loops, bmm
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("buffer_max", [graph.PRODUCTS_BUFFER_MAX_ELEMENTS, 0])  # bmm into a new tensor / in place
+@pytest.mark.parametrize("buffer_max", [graph_propagate.PRODUCTS_BUFFER_MAX_ELEMENTS, 0])  # bmm into a new tensor / in place
 def test_rollout_products_match_a_matmul_loop(n, dtype, buffer_max, monkeypatch):
-    monkeypatch.setattr(graph, "PRODUCTS_BUFFER_MAX_ELEMENTS", buffer_max)
+    monkeypatch.setattr(graph_propagate, "PRODUCTS_BUFFER_MAX_ELEMENTS", buffer_max)
     generator = torch.Generator().manual_seed(16)
     augmented = torch.softmax(torch.randn(3, 4, n, n, generator=generator, dtype=dtype), dim=-1)
     expected = [augmented[:, 0]]

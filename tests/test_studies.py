@@ -21,7 +21,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from captum_attnflow import raw_attention, rollout  # noqa: E402
-from captum_attnflow.studies import data, llm, pronoun, sentiment, weights  # noqa: E402
+from captum_attnflow.models import gguf as llm, weights  # noqa: E402
+from captum_attnflow.studies import data, pronoun, sentiment  # noqa: E402
+from captum_attnflow.utils import files  # noqa: E402
 from captum_attnflow.studies.finetune import FinetuneConfig, length_batches, load_or_finetune, predict  # noqa: E402
 from captum_attnflow.studies.text import encode_texts  # noqa: E402
 
@@ -51,7 +53,7 @@ def _pin(monkeypatch, sdist=None, ground_truth: str = GROUND_TRUTH):
     """Make the synthetic files the pinned ones (the real pins name the PyPI files)."""
     import hashlib
 
-    from captum_attnflow.files import file_sha256
+    from captum_attnflow.utils.files import file_sha256
 
     monkeypatch.setattr(data, "SNIPPETS_SHA256", hashlib.sha256(ground_truth.encode("utf-8")).hexdigest())
     if sdist is not None:
@@ -113,7 +115,7 @@ def test_snippets_downloaded_as_a_verified_file_when_nothing_is_cached(tmp_path,
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no subprocess may run"))
     tampered = FakePyPI(good[:-1] + bytes([good[-1] ^ 1]))
     monkeypatch.setattr(data, "fetch", tampered)
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "env-cache"))
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path / "env-cache"))
     with pytest.raises(ValueError, match="is not the pinned .*downloaded from https://files.example"):
         data.load_movie_snippets()
     assert not list((tmp_path / "env-cache" / "downloads").iterdir())  # nothing unverified kept
@@ -400,7 +402,7 @@ def test_finetuned_classifier_is_cached_and_reloaded(minilm):
 
 @needs_minilm
 def test_table3_protocol_against_an_independent_computation(minilm):
-    from captum_attnflow.metrics import spearman
+    from captum_attnflow.evaluation.metrics import spearman
 
     model, tokenizer, *_ = minilm
     texts = ["a wonderful film", "boring and far too long, a tedious mess", "funny"]

@@ -158,18 +158,20 @@ def test_report_page_is_self_contained_and_escaped(tmp_path):
     assert [e["title"] for e in explorer_payload(methods, many, max_examples=3)["examples"]] == ["0", "1", "2"]
 
 
-def test_report_sources_carry_each_commands_scores():
-    from captum_attnflow.agreement.data import AgreementExample
-    from captum_attnflow.agreement.study import ExampleScores, StudyResult
-    from captum_attnflow.report import explorer_payload, sources
-    from captum_attnflow.studies.pronoun import PronounExample, PronounResult
-    from captum_attnflow.studies.sentiment import SentimentResult
+def test_each_commands_explorer_data_carries_its_scores():
+    from captum_attnflow.models.agreement_data import AgreementExample
+    from captum_attnflow.studies.agreement.study import ExampleScores, StudyResult
+    from captum_attnflow.evaluation.explorer import evaluation_explorer
+    from captum_attnflow.report import explorer_payload
+    from captum_attnflow.studies.agreement.explorer import agreement_explorer
+    from captum_attnflow.studies.pronoun import PronounExample, PronounResult, pronoun_explorer
+    from captum_attnflow.studies.sentiment import SentimentResult, sentiment_explorer
 
     rng = np.random.default_rng(0)
     example = AgreementExample(("the", "keys", "to", "the", "cabinet"), 1, 1, (4,), ((1, 1), (4, 0)))
     scores = ExampleScores(example, 0.9, {m: rng.random((2, 7)) for m in ("raw", "rollout", "flow")},
                            {r: rng.random(7) for r in ("blank_out", "gradient", "gradient_l2")})
-    methods, examples = sources.agreement_explorer(StudyResult([2, 6], {}, [scores]))
+    methods, examples = agreement_explorer(StudyResult([2, 6], {}, [scores]))
     payload = explorer_payload(methods, examples)
     assert payload["methods"][2] == {"key": "flow", "label": "Flow, [CLS] row", "layers": ["L2", "L6"]}
     assert payload["examples"][0]["scores"]["flow"][1][3] == pytest.approx(scores.methods["flow"][1, 3], rel=1e-5)
@@ -178,17 +180,17 @@ def test_report_sources_carry_each_commands_scores():
     sentiment = SentimentResult(tokens=[["[CLS]", "grip", "##ping", "[SEP]"]], predictions=[1])
     sentiment.scores = {(v, m): [rng.random((6, 4))] for v in ("max", "cls") for m in ("raw", "rollout", "flow")}
     sentiment.scores.update({r: [rng.random(4)] for r in ("gradient", "gradient_l2", "blank_out")})
-    payload = explorer_payload(*sources.sentiment_explorer(sentiment))
+    payload = explorer_payload(*sentiment_explorer(sentiment))
     assert payload["examples"][0]["title"] == "gripping" and len(payload["methods"]) == 9
     assert payload["examples"][0]["scores"]["rollout/cls"][5][2] == pytest.approx(sentiment.scores[("cls", "rollout")][0][5, 2], rel=1e-5)
 
     pronoun = PronounResult([PronounExample("Mary thanked David for", ("Mary", "David"), ("female", "male"))],
                             np.array([[0.2, 0.3]]), {}, tokens=[["<|endoftext|>", "Mary", "Ġthanked", "ĠDavid", "Ġfor"]],
                             relevance={m: [rng.random((30, 5))] for m in ("raw", "rollout", "flow")})
-    payload = explorer_payload(*sources.pronoun_explorer(pronoun))
+    payload = explorer_payload(*pronoun_explorer(pronoun))
     assert payload["methods"][0]["layers"][-1] == "L30" and payload["examples"][0]["tokens"][2] == "thanked"
 
     record = {"index": 1, "tokens": 3, "label": 0, "aopc_class": 0, "aopc_probability": 0.8,
               "scores": {"rollout": rng.random((6, 3)).tolist(), "ig": rng.random(3).tolist(), "blank_out": rng.random(3).tolist()}}
-    methods, examples = sources.evaluation_explorer([record], [[], [0, 5, 2, 9]], lambda ids: [f"w{i}" for i in ids])
+    methods, examples = evaluation_explorer([record], [[], [0, 5, 2, 9]], lambda ids: [f"w{i}" for i in ids])
     assert [m.layers[-1] for m in methods] == ["L6", "all layers", "all layers"] and examples[0].tokens == ["w0", "w5", "w2"]

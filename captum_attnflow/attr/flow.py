@@ -49,7 +49,7 @@ class AttentionFlow(AttentionAttribution):
             extractor (Callable, optional): ``fn(module, args, kwargs, output)`` returning a
                         module's attention ``(batch, heads, n, n)``. Default: built-in adapters.
             flow_solver (str, optional): The exact max-flow solver, ``"auto"`` (the fastest
-                        available) or a name in :data:`captum_attnflow.maxflow.SOLVERS`.
+                        available) or a name in :data:`captum_attnflow.flow.maxflow.SOLVERS`.
                         Default: "auto"
             tol (float, optional): ``None`` for exact flow, or the largest error allowed in each
                         score (bounded flow, :func:`captum_attnflow.attention_flow`). After each

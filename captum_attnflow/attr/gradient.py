@@ -8,7 +8,8 @@ import torch
 from captum._utils.common import _select_targets
 from torch import Tensor
 
-from captum_attnflow.attr.base import AttentionAttribution, output_tensor
+from captum_attnflow.attr.base import AttentionAttribution
+from captum_attnflow.attr.inputs import output_tensor
 from captum_attnflow.capture.torch_mha import reshaped_base
 from captum_attnflow.graph import as_attention_stack, check_head_fusion, fuse_heads, rollout_matrices
 

@@ -20,7 +20,8 @@ from captum.attr import Attribution, LLMAttributionResult, TextTokenInput
 from captum.attr._core.llm_attr import DEFAULT_GEN_ARGS, _convert_ids_to_pretty_tokens
 from torch import Tensor, nn
 
-from captum_attnflow.attr.base import AttentionAttribution, output_tensor, resolve_layers
+from captum_attnflow.attr.base import AttentionAttribution
+from captum_attnflow.attr.inputs import output_tensor, resolve_layers
 from captum_attnflow.attr.gradient import GradientWeightedRollout, attention_gradients
 from captum_attnflow.graph import check_head_fusion, check_index
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-import weakref
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -23,76 +21,16 @@ from captum_attnflow.capture.sdpa import SDPAInterceptor
 from captum_attnflow.capture.training import check_no_dropout
 from captum_attnflow.capture.torch_mha import (
     FastPathOff,
-    MHACall,
     bind_mha_arguments,
     is_self_attention_call,
-    per_head_weights,
     prepare_mha_call,
     restore_mha_output,
     route_gradient_to_weights,
 )
-from captum_attnflow.graph import HEAD_FUSIONS, as_attention_stack, fuse_heads
+from captum_attnflow.capture.passes import MODEL_TURNS, Call, Pass, call_weights, complete_pass
+from captum_attnflow.utils.attention import HEAD_FUSIONS, as_attention_stack, fuse_heads
 
 Extractor = Callable[[nn.Module, tuple, dict, object], torch.Tensor]
-
-
-@dataclass
-class _Call:
-    """State of one running call of a recorded module (``role`` resolved: self or cross)."""
-
-    layer: AttentionLayer
-    role: str
-    interceptor: SDPAInterceptor | None = None
-    sdpa_weights: list[torch.Tensor] = field(default_factory=list)
-    mha: MHACall | None = None
-    key_padding_mask: torch.Tensor | None = None
-
-
-@dataclass
-class _Pass:
-    """What one forward pass of the model recorded."""
-
-    mask: torch.Tensor | None = None
-    attentions: list[torch.Tensor] = field(default_factory=list)
-    layers: list[str] = field(default_factory=list)
-    cross_attentions: list[torch.Tensor] = field(default_factory=list)
-    cross_layers: list[str] = field(default_factory=list)
-    fired: set[str] = field(default_factory=set)
-
-
-class _ModelTurns:
-    """One thread at a time records a given model; recorders of one thread may nest.
-
-    torch registers and runs a module's hooks without a lock: a hook registered by one thread
-    while another thread is inside the module's forward can be called with the wrong arguments.
-    So attaching a recorder waits until recorders attached by other threads on the same model are
-    removed (recording from several threads is serialised per model; different models run freely).
-    """
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._owners: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
-
-    def acquire(self, model: nn.Module) -> None:
-        me = threading.get_ident()
-        with self._condition:
-            while model in self._owners and self._owners[model][0] != me:
-                self._condition.wait()
-            owner = self._owners.setdefault(model, [me, 0])
-            owner[1] += 1
-
-    def release(self, model: nn.Module) -> None:
-        with self._condition:
-            owner = self._owners.get(model)
-            if owner is None:
-                return
-            owner[1] -= 1
-            if owner[1] <= 0:
-                del self._owners[model]
-                self._condition.notify_all()
-
-
-_MODEL_TURNS = _ModelTurns()
 
 
 class AttentionRecorder:
@@ -237,9 +175,9 @@ class AttentionRecorder:
             self._layers = select_attention_layers(model, attention_layers)
         self._mask_arguments = mask_arguments(model, self._layers)
         self._handles: list = []
-        self._calls: list[_Call] = []
-        self._running: _Pass | None = None
-        self._recorded: _Pass | None = None
+        self._calls: list[Call] = []
+        self._running: Pass | None = None
+        self._recorded: Pass | None = None
         self._holds_fastpath = False
         self._holds_turn = False  # this recorder's turn on the model (see _ModelTurns)
         self._owner: int | None = None  # the thread that attached the hooks
@@ -263,7 +201,7 @@ class AttentionRecorder:
             )
         self._owner = threading.get_ident()
         self._passes_elsewhere = False
-        _MODEL_TURNS.acquire(self.model)
+        MODEL_TURNS.acquire(self.model)
         self._holds_turn = True
         try:
             for layer in self._layers:
@@ -308,7 +246,7 @@ class AttentionRecorder:
             FastPathOff.release()
         if self._holds_turn:
             self._holds_turn = False
-            _MODEL_TURNS.release(self.model)
+            MODEL_TURNS.release(self.model)
         self._running = None
 
     def __enter__(self) -> "AttentionRecorder":
@@ -335,7 +273,7 @@ class AttentionRecorder:
         self._recorded = None
         self._running = None
         check_no_dropout(self._layers)
-        self._running = _Pass(mask=mask_from_call(module, args, kwargs, self._mask_arguments))
+        self._running = Pass(mask=mask_from_call(module, args, kwargs, self._mask_arguments))
 
     def _pass_hook(self, module: nn.Module, args: tuple, output) -> None:
         if not self._in_owner_thread():
@@ -348,7 +286,7 @@ class AttentionRecorder:
         def hook(module: nn.Module, args: tuple, kwargs: dict):
             if not self._in_owner_thread():
                 return None
-            call = _Call(layer, layer.role)
+            call = Call(layer, layer.role)
             self._calls.append(call)
             if isinstance(module, nn.MultiheadAttention):
                 arguments = bind_mha_arguments(module, args, kwargs)
@@ -376,58 +314,14 @@ class AttentionRecorder:
         if output is None:  # the module raised
             return None
         if self._running is not None:  # None: the module was called outside a model call
-            self._store(call, self._weights(call, module, args, kwargs, output))
+            self._store(call, call_weights(call, module, args, kwargs, output, extractor=self.extractor, model=self.model))
         return None if call.mha is None else restore_mha_output(output, call.mha)
 
     # ----------------------------------------------------------------------------------------
     # Turning a call into a recorded layer
     # ----------------------------------------------------------------------------------------
 
-    def _weights(self, call: _Call, module: nn.Module, args: tuple, kwargs: dict, output) -> torch.Tensor:
-        """The ``(batch, heads, n_q, n_k)`` weights of one call (see the class docstring)."""
-        name = call.layer.name or "<model>"
-        where = f"attention layer {name!r} ({type(module).__name__})"
-        if self.extractor is not None:
-            weights = self.extractor(module, args, kwargs, output)
-            source = "the extractor"
-        elif call.mha is not None:
-            weights = per_head_weights(output, call.mha)
-            source = "nn.MultiheadAttention"
-        elif len(call.sdpa_weights) > 1:
-            raise ValueError(
-                f"{where} called F.scaled_dot_product_attention {len(call.sdpa_weights)} times in one "
-                f"call; record the submodules that each compute one attention (attention_layers=) or "
-                f"pass extractor=."
-            )
-        elif call.sdpa_weights:
-            weights = call.sdpa_weights[0]
-            source = "F.scaled_dot_product_attention"
-        elif _returned_tensor(output, call.layer.output_index) is not None:
-            weights = _returned_tensor(output, call.layer.output_index)
-            source = f"output[{call.layer.output_index}]"
-        else:
-            implementation = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
-            hint = (
-                f" The model uses attn_implementation={implementation!r}; call "
-                f"model.set_attn_implementation('eager') or ('sdpa') before recording."
-                if implementation is not None
-                else ""
-            )
-            raise ValueError(
-                f"{where} produced no attention weights: it neither called "
-                f"F.scaled_dot_product_attention nor returned weights as "
-                f"output[{call.layer.output_index}].{hint} For a custom module pass "
-                f"extractor=fn(module, args, kwargs, output) -> (batch, heads, n, n)."
-            )
-        if not isinstance(weights, torch.Tensor) or weights.dim() != 4:
-            shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
-            raise ValueError(
-                f"{where}: {source} gave attention of shape {shape}; expected a tensor of shape "
-                f"(batch, heads, n, n)."
-            )
-        return weights
-
-    def _store(self, call: _Call, weights: torch.Tensor) -> None:
+    def _store(self, call: Call, weights: torch.Tensor) -> None:
         layer, running, role = call.layer, self._running, call.role
         name = layer.name or "<model>"
         running.fired.add(layer.name)
@@ -471,46 +365,8 @@ class AttentionRecorder:
         """Qualified names of the hooked modules, in module order (known before any forward pass)."""
         return [layer.name or "<model>" for layer in self._layers]
 
-    def _complete_pass(self) -> _Pass:
-        if self._recorded is None:
-            elsewhere = (
-                " A forward pass ran in another thread meanwhile: a recorder records only the thread "
-                "that attached it; attach one recorder in each thread that runs the model."
-                if self._passes_elsewhere
-                else ""
-            )
-            raise RuntimeError(
-                f"no complete forward pass has been recorded: call the model "
-                f"({type(self.model).__name__}) while the recorder is attached (inside "
-                f"`with AttentionRecorder(model) as recorder:`). A forward pass that raised, or a "
-                f"reset(), leaves nothing recorded. recorder.registered_layers lists the hooked "
-                f"modules before any pass.{elsewhere}"
-            )
-        missing = [layer.name or "<model>" for layer in self._layers if layer.name not in self._recorded.fired]
-        if missing:
-            raise RuntimeError(
-                f"the last forward pass recorded {len(self._recorded.layers)} attention layer(s) but "
-                f"{len(missing)} of the {len(self._layers)} registered attention modules never ran: "
-                f"{missing}. An early exit or skipped layers leave the attention graph incomplete; "
-                f"pass attention_layers= with the modules that run."
-            )
-        recorded = self._recorded
-        if not recorded.attentions:
-            raise RuntimeError(
-                f"the last forward pass recorded only cross-attention ({recorded.cross_layers}); "
-                f"there is no self-attention graph."
-            )
-        first = recorded.attentions[0]
-        for name, layer in zip(recorded.layers, recorded.attentions):
-            if layer.shape[0] != first.shape[0] or layer.shape[-1] != first.shape[-1]:
-                raise RuntimeError(
-                    f"self-attention layer {name!r} has shape {tuple(layer.shape)} but layer "
-                    f"{recorded.layers[0]!r} has {tuple(first.shape)}: these layers do not form one "
-                    f"attention graph over the same tokens (an encoder and a decoder, or a model "
-                    f"that drops or merges tokens). Record the layers of one graph with "
-                    f"attention_layers=."
-                )
-        return recorded
+    def _complete_pass(self) -> Pass:
+        return complete_pass(self._recorded, self._layers, self.model, self._passes_elsewhere)
 
     @property
     def attentions(self) -> list[torch.Tensor]:
@@ -555,11 +411,3 @@ class AttentionRecorder:
     def stack(self) -> torch.Tensor:
         """The recorded attention as one tensor ``(batch, L, heads, n, n)``."""
         return as_attention_stack(self.attentions, name="recorder.attentions")[0]
-
-
-def _returned_tensor(output, index: int) -> torch.Tensor | None:
-    """``output[index]`` when ``output`` is a tuple/list holding a tensor there, else None."""
-    if isinstance(output, (tuple, list)) and -len(output) <= index < len(output):
-        item = output[index]
-        return item if isinstance(item, torch.Tensor) else None
-    return None

@@ -40,8 +40,10 @@ import functools
 import sys
 from pathlib import Path
 
-from captum_attnflow.cli import flow_solver, non_negative_int, positive_int
-from captum_attnflow.results_md import add_option, evaluation_table, write_table
+from captum_attnflow.flow.maxflow import flow_solver
+from captum_attnflow.utils.arguments import non_negative_int, positive_int
+from captum_attnflow.evaluation.results import evaluation_table
+from captum_attnflow.utils.results_md import add_option, write_table
 
 HELP = "faithfulness of raw/rollout/flow and Captum methods over a dataset (parallel, resumable)"
 EXIT_LOST = 3
@@ -115,8 +117,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def load_agreement(path: str | None):
     """The agreement classifier of the checkpoint at ``path`` (``None``: the shipped one)."""
-    from captum_attnflow.agreement.data import PAD, UNK, vocabulary
-    from captum_attnflow.agreement.model import load_checkpoint, shipped_checkpoint_path
+    from captum_attnflow.models.agreement_data import PAD, UNK, vocabulary
+    from captum_attnflow.models.agreement_model import load_checkpoint, shipped_checkpoint_path
     from captum_attnflow.evaluation.models import AgreementClassifier
 
     model, _ = load_checkpoint(shipped_checkpoint_path() if path is None else path)
@@ -125,8 +127,8 @@ def load_agreement(path: str | None):
 
 
 def _agreement(args):
-    from captum_attnflow.agreement.data import encode, generate_splits
-    from captum_attnflow.agreement.model import check_metadata, load_checkpoint, shipped_checkpoint_path
+    from captum_attnflow.models.agreement_data import encode, generate_splits
+    from captum_attnflow.models.agreement_model import check_metadata, load_checkpoint, shipped_checkpoint_path
 
     if args.data not in (None, "agreement"):
         raise ValueError(
@@ -231,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from captum_attnflow.evaluation.runner import evaluate
-    from captum_attnflow.files import DirectoryLock, writable_directory
+    from captum_attnflow.utils.files import DirectoryLock, writable_directory
 
     torch.set_num_threads(1)
     try:
@@ -261,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print(result.table)
     write_table(args.results_md, "evaluate", f"{result.table.protocol}.\n\n{evaluation_table(result.table.records)}")
-    from captum_attnflow.report.sources import write_evaluation_report
+    from captum_attnflow.evaluation.explorer import write_evaluation_report
     write_evaluation_report(out, data, args.model, f"{result.table.protocol}.\n\n{evaluation_table(result.table.records)}")
     print(f"\n{len(result.examples)} examples evaluated, {len(result.errors)} failed, {len(result.lost)} lost; "
           f"results in {out}")

@@ -25,7 +25,7 @@ import torch
 
 from captum_attnflow.flow import attention_flow
 from captum_attnflow.graph import check_index, raw_attention, rollout
-from captum_attnflow.metrics import GradientReduction, check_gradient_reduction, reduce_gradients
+from captum_attnflow.evaluation.metrics import GradientReduction, check_gradient_reduction, reduce_gradients
 
 Position = Union[int, Literal["max"]]
 

@@ -112,7 +112,7 @@ class HFClassifier(Classifier):
 
 class AgreementClassifier(Classifier):
     """:class:`Classifier` for the built-in verb-agreement model
-    (:class:`captum_attnflow.agreement.model.AgreementModel`).
+    (:class:`captum_attnflow.models.agreement_model.AgreementModel`).
 
     Args:
         model: the agreement model (``model(ids, mask)`` -> logits ``(batch, 2)``;

@@ -1,7 +1,7 @@
 """The work on one batch of examples (used by :func:`captum_attnflow.evaluation.evaluate`).
 
 :class:`BatchRun` runs the model stage on a padded batch (forward pass with attention, the
-blank-out and gradient references from :mod:`captum_attnflow.metrics`, raw attention, rollout and
+blank-out and gradient references from :mod:`captum_attnflow.evaluation.metrics`, raw attention, rollout and
 the Captum methods), submits one flow task per example to an executor, and — when an example's
 flow arrives — computes AOPC (one forward pass over the example's deduplicated perturbed inputs;
 for the predicted class, or the target with ``aopc_target="label"``) and Spearman's ρ against both
@@ -31,7 +31,7 @@ from captum_attnflow.evaluation.methods import (
 )
 from captum_attnflow.evaluation.models import Classifier
 from captum_attnflow.evaluation.results import ResultStore, json_safe
-from captum_attnflow.metrics import blank_out_scores, input_gradient_scores, spearman
+from captum_attnflow.evaluation.metrics import blank_out_scores, input_gradient_scores, spearman
 
 REFERENCES: tuple[str, ...] = ("blank_out", "gradient")
 

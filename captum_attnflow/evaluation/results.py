@@ -21,8 +21,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from captum_attnflow.evaluation.faithfulness import bootstrap_interval
-from captum_attnflow.files import DirectoryLock, writable_directory
-from captum_attnflow.metrics import summarize
+from captum_attnflow.utils.files import DirectoryLock, writable_directory
+from captum_attnflow.evaluation.metrics import summarize
 
 #: metric names, in table order, and what they mean
 METRICS: dict[str, str] = {
@@ -96,7 +96,7 @@ class ResultStore:
 
     With a directory, the in-memory copy leaves out the per-token scores
     (:func:`read_examples` reads them back), and the directory is locked
-    (:class:`~captum_attnflow.files.DirectoryLock`) until :meth:`close`.
+    (:class:`~captum_attnflow.utils.files.DirectoryLock`) until :meth:`close`.
 
     Args:
         directory: output folder (created and checked writable), or ``None`` to keep results in
@@ -107,7 +107,7 @@ class ResultStore:
 
     Raises:
         ValueError: ``directory`` is a file or not writable; another run holds its lock
-            (:class:`~captum_attnflow.files.LockedError`); it already holds results and ``resume``
+            (:class:`~captum_attnflow.utils.files.LockedError`); it already holds results and ``resume``
             is False; or ``resume`` finds another model, other data, other settings or a corrupt
             line before the last one.
     """
@@ -313,3 +313,21 @@ def _cell(record: Mapping[str, Any]) -> str:
         return "n/a"
     digits = 3 if record["metric"].startswith("aopc") else 2  # probability drops are small
     return f"{record['mean']:.{digits}f}±{record['std']:.{digits}f}"
+
+
+def evaluation_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """An evaluation's summary records (:attr:`ResultTable.records`) as Markdown: one table per
+    metric, rows = methods, columns = layers (``all`` for methods without layers), cells mean±std."""
+    blocks = []
+    for metric, meaning in METRICS.items():
+        rows = [r for r in records if r["metric"] == metric]
+        if not rows:
+            continue
+        layers = sorted({r["layer"] for r in rows if r["layer"] is not None})
+        columns = [f"L{layer}" for layer in layers] + (["all"] if any(r["layer"] is None for r in rows) else [])
+        cells = {(r["method"], "all" if r["layer"] is None else f"L{r['layer']}"): _cell(r) for r in rows}
+        lines = [f"**{meaning}**", "", "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for method in dict.fromkeys(r["method"] for r in rows):
+            lines.append(f"| {method} | " + " | ".join(cells.get((method, c), "") for c in columns) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

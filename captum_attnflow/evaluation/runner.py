@@ -4,7 +4,7 @@ The work of one example splits in two:
 
 1. **In the main process**, on padded batches: the model's forward pass with attention, the
    reference scores (blank-out via Captum ``FeatureAblation``, input gradients via ``Saliency``,
-   from :mod:`captum_attnflow.metrics`), raw attention, rollout and every Captum method.
+   from :mod:`captum_attnflow.evaluation.metrics`), raw attention, rollout and every Captum method.
 2. **In the executor**: attention flow, the expensive part, as one task per example that receives
    only the example's head-fused attention graph ``(L, n, n)`` as numpy
    (:func:`~captum_attnflow.evaluation.methods.flow_task`). The model is never shipped, so any
@@ -52,10 +52,10 @@ from captum_attnflow.evaluation.methods import EvaluationMethod, Position, resol
 from captum_attnflow.evaluation.models import Classifier, HFClassifier
 from captum_attnflow.evaluation.pipeline import BatchRun, batch_task, cached_classifier
 from captum_attnflow.evaluation.results import ResultStore, ResultTable, json_safe
-from captum_attnflow.files import state_dict_sha256
-from captum_attnflow.validation import check_count
+from captum_attnflow.utils.files import state_dict_sha256
+from captum_attnflow.utils.validation import check_count
 from captum_attnflow.graph import check_head_fusion
-from captum_attnflow.metrics import GradientReduction, check_gradient_reduction
+from captum_attnflow.evaluation.metrics import GradientReduction, check_gradient_reduction
 
 
 @dataclass

@@ -65,6 +65,27 @@ class ExplorerExample:
     info: str = ""
 
 
+Explorer = tuple[list[ExplorerMethod], list[ExplorerExample]]
+
+#: menu labels of the reference scores every study computes
+REFERENCE_LABELS: dict[str, str] = {
+    "blank_out": "blank-out |Δp| ([UNK])",
+    "gradient": "input gradient |Σ_d g_d|",
+    "gradient_l2": "input gradient ‖g‖₂",
+}
+
+
+def layer_labels(count: int, numbers: Sequence[int] | None = None) -> tuple[str, ...]:
+    """Menu labels ``L1 … Lcount`` (or ``L<number>`` of ``numbers``) of a method's layers."""
+    return tuple(f"L{layer}" for layer in (numbers if numbers is not None else range(1, count + 1)))
+
+
+def sentence(tokens: Sequence[str], *, limit: int = 90) -> str:
+    """Readable text of ``tokens`` (word pieces joined), cut to ``limit`` characters."""
+    text = "".join((" " if starts and index else "") + piece for index, (piece, starts) in enumerate(word_pieces(tokens)))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _number(value: float) -> float:
     """Six significant digits: enough for the tooltips, a third of the size of ``repr``."""
     return float(f"{value:.6g}")
@@ -283,7 +304,7 @@ def write_report(
         image_dir: the folder holding the figures (usually the command's ``--out``).
         figures: ``{caption: file name in image_dir}`` appended as a "Figures" section.
         explorer: ``(methods, examples)``, the explorer's menus and data
-            (:mod:`captum_attnflow.report.sources`); ``None``: no explorer.
+            (:mod:`captum_attnflow.evaluation.explorer`); ``None``: no explorer.
         max_examples: embed at most this many examples.
 
     Returns:

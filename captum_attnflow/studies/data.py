@@ -18,14 +18,13 @@ and a file passed by hand, is checked the same way.
 from __future__ import annotations
 
 import json
-import os
 import random
 import tarfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from captum_attnflow.files import file_sha256, verify_sha256
+from captum_attnflow.utils.files import default_cache_dir, file_sha256, verify_sha256
 
 #: The PyPI source distribution that carries the data.
 VADER_REQUIREMENT = "vaderSentiment==3.3.2"
@@ -45,8 +44,6 @@ MANUAL_DOWNLOAD = (
     f"download {VADER_SDIST} (SHA-256 {VADER_SDIST_SHA256}) from the files of vaderSentiment 3.3.2 on PyPI "
     f"and pass it as source=... (--data on the command line)"
 )
-#: Environment variable that overrides the cache directory.
-CACHE_ENV = "CAPTUM_ATTNFLOW_CACHE"
 
 
 @dataclass(frozen=True)
@@ -67,11 +64,6 @@ class Snippet:
     def label(self) -> int:
         """Binary sentiment: 1 for a positive rating, 0 for a negative one."""
         return int(self.rating > 0)
-
-
-def default_cache_dir() -> Path:
-    """``$CAPTUM_ATTNFLOW_CACHE`` if set, else ``~/.cache/captum-attnflow``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "captum-attnflow")
 
 
 def parse_snippets(text: str) -> list[Snippet]:

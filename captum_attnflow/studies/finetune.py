@@ -23,8 +23,8 @@ import torch
 
 from captum_attnflow.studies.data import Snippet
 from captum_attnflow.studies.text import encode_texts
-from captum_attnflow.studies.weights import minilm_dir
-from captum_attnflow.validation import check_count
+from captum_attnflow.models.weights import minilm_dir
+from captum_attnflow.utils.validation import check_count
 
 INFO_FILE = "study.json"
 

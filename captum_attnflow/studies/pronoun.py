@@ -30,10 +30,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from captum_attnflow.cli import flow_solver, non_negative_int, positive_int
-from captum_attnflow.results_md import add_option, write_table
+from captum_attnflow.flow.maxflow import flow_solver
+from captum_attnflow.utils.arguments import non_negative_int, positive_int
+from captum_attnflow.utils.results_md import add_option, write_table
+from captum_attnflow.report.page import MAX_EXAMPLES, Explorer, ExplorerExample, ExplorerMethod, layer_labels
 from captum_attnflow.studies.methods import METHODS, attention_methods
-from captum_attnflow.validation import check_count
+from captum_attnflow.utils.validation import check_count
 
 HELP = "Fig. 4: pronoun resolution with the real SmolLM2-135M decoder (raw/rollout/flow to the two referents)"
 
@@ -164,7 +166,7 @@ def run_pronoun_study(
 ) -> PronounResult:
     """Next-pronoun probabilities and raw/rollout/flow weights on the two referents, per layer.
 
-    Sentences are batched with left padding (:func:`~captum_attnflow.studies.llm.decoder_inputs`
+    Sentences are batched with left padding (:func:`~captum_attnflow.models.gguf.decoder_inputs`
     gives the real tokens the positions they have alone); attention is recorded once per batch
     with heads averaged inside the hooks; the traced position is each sentence's last token.
 
@@ -183,7 +185,7 @@ def run_pronoun_study(
         log: progress messages.
     """
     from captum_attnflow.capture import AttentionRecorder
-    from captum_attnflow.studies.llm import decoder_inputs
+    from captum_attnflow.models.gguf import decoder_inputs
     from captum_attnflow.studies.text import encode_texts
 
     if not examples:
@@ -288,6 +290,20 @@ def format_summary(summary: dict, layers: Sequence[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pronoun_explorer(result, *, limit: int = MAX_EXAMPLES) -> Explorer:
+    """``pronoun``: raw / rollout / flow of the predicting (last) position at every layer."""
+
+    count = result.relevance[METHODS[0]][0].shape[0]
+    methods = [ExplorerMethod(name, f"{name}, last position", layer_labels(count)) for name in METHODS]
+    examples = []
+    for index, tokens in enumerate(result.tokens[:limit]):
+        his, her = result.probabilities[index]
+        info = f"P(“ his”) = {his:.3f}, P(“ her”) = {her:.3f}; referents: " + " / ".join(result.examples[index].referents)
+        examples.append(ExplorerExample(result.examples[index].text, tokens,
+                                        {name: result.relevance[name][index] for name in METHODS}, info))
+    return methods, examples
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sentences", type=positive_int, default=128, help="templated sentences (default 128)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the sentence sample (default 0)")
@@ -308,10 +324,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from captum_attnflow.studies.llm import load_gguf_causal_lm
+    from captum_attnflow.models.gguf import load_gguf_causal_lm
 
     torch.set_num_threads(args.threads)
-    from captum_attnflow.files import writable_directory
+    from captum_attnflow.utils.files import writable_directory
 
     try:
         writable_directory(args.out, "--out")
@@ -371,11 +387,11 @@ def run(args: argparse.Namespace) -> int:
             args.out / "pronoun_agreement.png", ylabel="share of sentences",
             title=f"{summary['sentences']} templated sentences, SmolLM2-135M",
         )
-    from captum_attnflow.report import sources, write_report
+    from captum_attnflow.report import write_report
     figures = {f"{kind} {row + 1}": f"pronoun_{kind}{row + 1}.png" for row in range(len(paper.examples)) for kind in ("example", "layers")}
     write_report(args.out / "report.html", "Pronoun resolution (Fig. 4) on SmolLM2-135M",
                  table + "\nThe paper's examples:\n\n" + "\n".join(lines), image_dir=args.out,
                  figures=None if args.no_figures else {**figures, "agreement over sentences": "pronoun_agreement.png"},
-                 explorer=sources.pronoun_explorer(result))
+                 explorer=pronoun_explorer(result))
     print(f"wrote {args.out}/pronoun.md, pronoun.json, report.html" + ("" if args.no_figures else " and figures"))
     return 0

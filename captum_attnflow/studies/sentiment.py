@@ -10,13 +10,13 @@ same protocol on held-out sentences:
   (heads averaged, residual ``0.5·A + 0.5·I``) — two views: the paper's **max over all query
   positions** and the **[CLS] row** (the position the classifier reads);
 * **input gradients**: ``|Σ_d g_d|`` of the predicted class's logit with respect to the input
-  embeddings (:func:`captum_attnflow.metrics.input_gradient_scores`, Captum ``Saliency``), and
+  embeddings (:func:`captum_attnflow.evaluation.metrics.input_gradient_scores`, Captum ``Saliency``), and
   the norm ``‖g‖₂``. BERT-style models (DistilBERT included) apply LayerNorm right after summing
   the embeddings; LayerNorm is invariant to adding a constant to every dimension, so
   ``Σ_d g_d = 0`` analytically and the paper's ``|Σ_d g_d|`` is floating-point noise there
   (~1e-9 here). The table shows it for fidelity; ``‖g‖₂`` is the informative gradient reference;
 * **blank-out**: ``|p(ŷ | x) - p(ŷ | x with token j := [UNK])|``
-  (:func:`captum_attnflow.metrics.blank_out_scores`, Captum ``FeatureAblation``);
+  (:func:`captum_attnflow.evaluation.metrics.blank_out_scores`, Captum ``FeatureAblation``);
 * Spearman's ρ per sentence over all tokens (``[CLS]``/``[SEP]`` included), mean ± std over
   sentences, printed and saved (Markdown + JSON) next to the paper's numbers, with figures.
 """
@@ -34,10 +34,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from captum_attnflow.cli import flow_solver, non_negative_int, positive_int
-from captum_attnflow.results_md import add_option, write_table
+from captum_attnflow.flow.maxflow import flow_solver
+from captum_attnflow.utils.arguments import non_negative_int, positive_int
+from captum_attnflow.utils.results_md import add_option, write_table
+from captum_attnflow.report.page import MAX_EXAMPLES, REFERENCE_LABELS, Explorer, ExplorerExample, ExplorerMethod, layer_labels, sentence
 from captum_attnflow.studies.methods import METHODS, attention_methods
-from captum_attnflow.validation import check_count
+from captum_attnflow.utils.validation import check_count
 
 HELP = "Table 3: raw/rollout/flow vs input gradients and blank-out on a fine-tuned MiniLM (offline)"
 
@@ -105,7 +107,7 @@ def attention_relevance(model, encoded, *, flow_solver: str = "auto") -> dict[tu
 
 def reference_relevance(model, encoded, target: torch.Tensor, blank_id: int) -> dict[str, torch.Tensor]:
     """The :data:`REFERENCES` scores ``(batch, n)`` for the class ``target`` ``(batch,)``."""
-    from captum_attnflow.metrics import blank_out_scores, input_gradient_scores
+    from captum_attnflow.evaluation.metrics import blank_out_scores, input_gradient_scores
 
     mask = encoded["attention_mask"]
     embeddings = model.get_input_embeddings()(encoded["input_ids"]).detach()
@@ -151,7 +153,7 @@ def run_protocol(
         flow_solver: max-flow solver.
         log: progress messages.
     """
-    from captum_attnflow.metrics import layer_correlations
+    from captum_attnflow.evaluation.metrics import layer_correlations
     from captum_attnflow.studies.text import encode_texts
 
     if not texts:
@@ -202,7 +204,7 @@ def run_protocol(
 
 def summary_records(result: SentimentResult) -> list[dict]:
     """One record per ``(reference, view, method, layer)``: mean, std and count of ρ."""
-    from captum_attnflow.metrics import summarize
+    from captum_attnflow.evaluation.metrics import summarize
 
     records = []
     for (reference, view, method), values in result.correlations.items():
@@ -251,6 +253,22 @@ def format_tables(records: Sequence[dict], num_layers: int) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
+def sentiment_explorer(result, *, limit: int = MAX_EXAMPLES) -> Explorer:
+    """``sentiment``: raw / rollout / flow in both views at every layer, gradients, blank-out."""
+    view_names = {"max": "max over queries", "cls": "[CLS] row"}
+    count = result.scores[(next(iter(VIEWS)), METHODS[0])][0].shape[0]
+    methods = [ExplorerMethod(f"{method}/{view}", f"{method}, {view_names.get(view, view)}", layer_labels(count))
+               for view in VIEWS for method in METHODS]
+    methods += [ExplorerMethod(name, REFERENCE_LABELS[name]) for name in REFERENCES]
+    examples = []
+    for index, tokens in enumerate(result.tokens[:limit]):
+        scores = {f"{method}/{view}": result.scores[(view, method)][index] for view in VIEWS for method in METHODS}
+        scores.update({name: result.scores[name][index] for name in REFERENCES})
+        label = "positive" if result.predictions[index] else "negative"
+        examples.append(ExplorerExample(sentence(tokens[1:-1]), tokens, scores, f"predicted {label}"))
+    return methods, examples
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sentences", type=positive_int, default=100, help="test sentences to evaluate (default 100, the paper's)")
     parser.add_argument("--out", type=Path, default=Path("sentiment-results"),
@@ -277,8 +295,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """Before any work: the output folders are writable and --max-length fits MiniLM."""
     from transformers import AutoConfig
 
-    from captum_attnflow.files import writable_directory
-    from captum_attnflow.studies.weights import minilm_dir
+    from captum_attnflow.utils.files import writable_directory
+    from captum_attnflow.models.weights import minilm_dir
 
     writable_directory(args.out, "--out")
     if args.results_md is not None:
@@ -343,10 +361,10 @@ def run(args: argparse.Namespace) -> int:
         figure = token_heatmap(rows, result.tokens[example][words], annotate=False,
                                title=f"predicted {label}; [CLS]/[SEP] left out, each row scaled to its max")
         save_figure(figure, args.out / "sentiment_example.png")
-    from captum_attnflow.report import sources, write_report
+    from captum_attnflow.report import write_report
     write_report(args.out / "report.html", "Sentiment: Table 3 on a fine-tuned MiniLM", header + tables, image_dir=args.out,
                  figures=None if args.no_figures else {"Spearman ρ per layer": "sentiment_layers.png",
                                                       "One test sentence": "sentiment_example.png"},
-                 explorer=sources.sentiment_explorer(result))
+                 explorer=sentiment_explorer(result))
     print(f"wrote {args.out}/table3.md, table3.json, report.html" + ("" if args.no_figures else " and figures"))
     return 0

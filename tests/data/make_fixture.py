@@ -28,7 +28,7 @@ SENTENCES = [
 def main() -> None:
     from transformers import AutoModel, AutoTokenizer
 
-    from captum_attnflow.studies.weights import minilm_dir
+    from captum_attnflow.models.weights import minilm_dir
 
     torch.manual_seed(0)
     model_dir = minilm_dir()

@@ -1,6 +1,6 @@
 """Training and accuracy of the agreement classifier (deterministic given a seed, CPU).
 
-Examples are batched by exact length (:func:`~captum_attnflow.agreement.data.batches_by_length`),
+Examples are batched by exact length (:func:`~captum_attnflow.models.agreement_data.batches_by_length`),
 so no padding is needed. Training is AdamW with a linear warm-up, then a constant learning rate.
 Validation accuracy is checked a few times per epoch and training stops at the first check that
 reaches ``target_accuracy`` (default 0.96, the accuracy of the paper's model: the study is meant
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from captum_attnflow.agreement.data import AgreementExample, AgreementSplits, batches_by_length, encode, vocabulary
-from captum_attnflow.agreement.model import AgreementModel, ModelConfig
+from captum_attnflow.models.agreement_data import AgreementExample, AgreementSplits, batches_by_length, encode, vocabulary
+from captum_attnflow.models.agreement_model import AgreementModel, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def train_model(
     """Train an :class:`AgreementModel` on ``splits.train``, checking accuracy on ``splits.valid``.
 
     Args:
-        splits: the data (:func:`~captum_attnflow.agreement.data.generate_splits`).
+        splits: the data (:func:`~captum_attnflow.models.agreement_data.generate_splits`).
         seed: seeds the initial weights, dropout and batch order.
         model_config, training: architecture and optimisation settings; training stops at the
             first validation check reaching ``training.target_accuracy`` (``None``: never early).

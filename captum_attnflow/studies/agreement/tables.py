@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from captum_attnflow.agreement.study import (
+from captum_attnflow.studies.agreement.study import (
     METHOD_NAMES, METHODS, PAPER_REFERENCE, PAPER_TABLES, REFERENCES, StudyResult,
 )
-from captum_attnflow.metrics import summarize
+from captum_attnflow.evaluation.metrics import summarize
 
 TABLE_TITLES = {
     "blank_out": "Table 1 — Spearman ρ with blank-out ([UNK] replacement, |Δ p(correct class)|)",
@@ -128,7 +128,7 @@ def comparison_notes(tables: dict, layers: list[int], gradient: dict[str, float]
     Args:
         tables: :func:`summary_tables` output.
         layers: the studied layers (1-based).
-        gradient: :func:`~captum_attnflow.agreement.study.gradient_diagnostics` output.
+        gradient: :func:`~captum_attnflow.studies.agreement.study.gradient_diagnostics` output.
     """
     notes = []
     deep = [k for k, layer in enumerate(layers) if layer >= 3]

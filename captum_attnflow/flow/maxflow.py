@@ -19,6 +19,7 @@ Solvers are pure functions on numpy arrays::
 
 from __future__ import annotations
 
+import argparse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -28,7 +29,7 @@ import numpy as np
 import scipy.sparse
 from scipy.sparse.csgraph import maximum_flow
 
-from captum_attnflow import dinic
+from captum_attnflow.flow import arcs, dinic
 
 MaxFlowSolver = Callable[[np.ndarray, int], np.ndarray]
 
@@ -87,7 +88,7 @@ def scipy_max_flows(capacities: np.ndarray, source: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# "fast": Dinic specialised to the layered attention graph (kernels in captum_attnflow.dinic)
+# "fast": Dinic specialised to the layered attention graph (kernels in captum_attnflow.flow.dinic)
 # --------------------------------------------------------------------------------------------
 
 #: The ``"fast"`` solver stops a sink as soon as its flow is within this of a cut's capacity.
@@ -109,7 +110,7 @@ def cut_capacities(capacities: np.ndarray, sources: np.ndarray, leak: np.ndarray
     """The smallest of three cuts for every source and sink: ``(len(sources), n)`` float64.
 
     All arcs out of the source ``Σ_m c[l-1][s, m]``, all arcs into the sink ``Σ_i c[0][i, j]``, and
-    the suffix cut ``Σ_{m >= j} c[l-1][s, m] + leak[j]`` (:func:`captum_attnflow.dinic.leak_past`).
+    the suffix cut ``Σ_{m >= j} c[l-1][s, m] + leak[j]`` (:func:`captum_attnflow.arcs.leak_past`).
     """
     top = np.asarray(capacities[-1][sources], dtype=np.float64)
     suffix = np.cumsum(top[:, ::-1], axis=1)[:, ::-1]
@@ -138,7 +139,7 @@ class FastSolver:
 
     Memory: the capacities, the arc order (int16, arcs above ``1e-13`` only: about ``l·n²/2`` on
     causal attention) and, per thread, one bit per arc and the flow: dense up to
-    :data:`DENSE_ARCS` arcs, else a table of the arcs carrying flow (:mod:`captum_attnflow.dinic`).
+    :data:`DENSE_ARCS` arcs, else a table of the arcs carrying flow (:mod:`captum_attnflow.flow.dinic`).
     """
 
     def __init__(self, capacities: np.ndarray, sources: Sequence[int], threads: int | None = None) -> None:
@@ -147,8 +148,8 @@ class FastSolver:
         self.capacities = np.ascontiguousarray(capacities)
         self.sources = np.asarray(sources, dtype=np.int64)
         self.threads = threads
-        self.order, self.row_start, self.num_arcs, self.class_end = dinic.sort_arcs(self.capacities)
-        leak = dinic.leak_past(self.capacities)
+        self.order, self.row_start, self.num_arcs, self.class_end = arcs.sort_arcs(self.capacities)
+        leak = arcs.leak_past(self.capacities)
         #: ``(len(sources), n)`` float64: the early-stop cut of each task (:func:`cut_capacities`).
         self.cuts = cut_capacities(self.capacities, self.sources, leak)
         # Causal (no arc to a later position below the top): nodes at positions below the sink
@@ -236,7 +237,7 @@ def fast_max_flows(capacities: np.ndarray, source: int) -> np.ndarray:
     """Exact max-flow values by Dinic's algorithm specialised to the layered attention graph.
 
     One Dinic run per sink ``(0, j)``, compiled with numba (``nogil``, kernels in
-    :mod:`captum_attnflow.dinic`); the sinks are shared out over ``numba.get_num_threads()``
+    :mod:`captum_attnflow.flow.dinic`); the sinks are shared out over ``numba.get_num_threads()``
     threads when the graph is big enough to pay (see :class:`FastSolver`). What makes it fast on
     this graph:
 
@@ -266,7 +267,7 @@ def fast_max_flows(capacities: np.ndarray, source: int) -> np.ndarray:
     Why it is exact: Dinic's algorithm stops only when (a) the flow equals the capacity of a cut
     — by weak duality no flow can be larger — or (b) no augmenting path is left in the residual
     graph, the max-flow/min-cut optimality condition. Residual capacities up to
-    :data:`captum_attnflow.dinic.RESIDUAL_EPS` (``1e-13``) count as saturated, so the value can be low by at most
+    :data:`captum_attnflow.arcs.RESIDUAL_EPS` (``1e-13``) count as saturated, so the value can be low by at most
     ``1e-13`` per arc of the final cut (``≤ l·n²·1e-13``); in (a) it is within :data:`CUT_GAP`
     (``1e-12``) of the cut. Each phase strictly lengthens the shortest augmenting path, so there
     are at most ``l·n + 1`` phases. On real attention the min cut is usually not the trivial one
@@ -305,3 +306,10 @@ SOLVERS: dict[str, MaxFlowSolver] = {
     "networkx": networkx_max_flows,
     "scipy": scipy_max_flows,
 }
+
+
+def flow_solver(text: str) -> str:
+    """argparse type of ``--flow-solver``: ``auto`` or a name in :data:`SOLVERS`."""
+    if text != "auto" and text not in SOLVERS:
+        raise argparse.ArgumentTypeError(f"{text!r} is unknown; choose one of {', '.join(('auto', *SOLVERS))}")
+    return text

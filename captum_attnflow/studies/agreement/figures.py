@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from captum_attnflow.agreement.study import METHOD_NAMES, METHODS, PAPER_REFERENCE, PAPER_TABLES, REFERENCES
+from captum_attnflow.studies.agreement.study import METHOD_NAMES, METHODS, PAPER_REFERENCE, PAPER_TABLES, REFERENCES
 from captum_attnflow.visualize import SEQUENTIAL_CMAP
 
 REFERENCE_TITLES = {
@@ -85,7 +85,7 @@ def plot_cls_scores(
     cls_rows: dict[str, np.ndarray], references: dict[str, np.ndarray], tokens: list[str], layers: list[int], path: Path
 ) -> Path:
     """Fig. 3. ``cls_rows``: method -> ``(k, n)`` [CLS] rows at ``layers``; ``references``:
-    reference name (:data:`~captum_attnflow.agreement.study.REFERENCES`) -> ``(n,)``.
+    reference name (:data:`~captum_attnflow.studies.agreement.study.REFERENCES`) -> ``(n,)``.
 
     The three methods share one colour scale and colour bar; the references (different units)
     are each scaled to their maximum and have their own colour bar."""

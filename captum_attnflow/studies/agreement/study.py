@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from captum_attnflow import attention_flow, raw_attention, rollout
-from captum_attnflow.agreement.data import UNK, AgreementExample, batches_by_length, encode, vocabulary
-from captum_attnflow.agreement.model import AgreementModel
-from captum_attnflow.metrics import blank_out_scores, input_gradient_scores, layer_correlations, spearman
-from captum_attnflow.validation import check_count
+from captum_attnflow.flow import attention_flow
+from captum_attnflow.graph import raw_attention, rollout
+from captum_attnflow.models.agreement_data import UNK, AgreementExample, batches_by_length, encode, vocabulary
+from captum_attnflow.models.agreement_model import AgreementModel
+from captum_attnflow.evaluation.metrics import blank_out_scores, input_gradient_scores, layer_correlations, spearman
+from captum_attnflow.utils.validation import check_count
 
 METHODS: tuple[str, ...] = ("raw", "rollout", "flow")
 #: the paper's row names for :data:`METHODS`

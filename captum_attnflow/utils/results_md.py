@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Mapping, Sequence
 
 OPTION = "--results-md"
 
@@ -36,23 +35,3 @@ def write_table(directory: Path | None, name: str, table: str) -> Path | None:
     path = directory / f"{name}.md"
     path.write_text(table.strip("\n") + "\n", encoding="utf-8")
     return path
-
-
-def evaluation_table(records: Sequence[Mapping[str, Any]]) -> str:
-    """An evaluation's summary records (:attr:`ResultTable.records`) as Markdown: one table per
-    metric, rows = methods, columns = layers (``all`` for methods without layers), cells mean±std."""
-    from captum_attnflow.evaluation.results import METRICS, _cell
-
-    blocks = []
-    for metric, meaning in METRICS.items():
-        rows = [r for r in records if r["metric"] == metric]
-        if not rows:
-            continue
-        layers = sorted({r["layer"] for r in rows if r["layer"] is not None})
-        columns = [f"L{layer}" for layer in layers] + (["all"] if any(r["layer"] is None for r in rows) else [])
-        cells = {(r["method"], "all" if r["layer"] is None else f"L{r['layer']}"): _cell(r) for r in rows}
-        lines = [f"**{meaning}**", "", "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-        for method in dict.fromkeys(r["method"] for r in rows):
-            lines.append(f"| {method} | " + " | ".join(cells.get((method, c), "") for c in columns) + " |")
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)

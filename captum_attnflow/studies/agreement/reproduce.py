@@ -1,7 +1,7 @@
 """``captum-attnflow reproduce``: the paper's verb-number-agreement study, offline, end to end.
 
 Loads the agreement classifier shipped with the package (6 GPT-2 blocks without causal mask, 8
-heads, hidden 128; trained on generated agreement data, see ``captum_attnflow.agreement.data``)
+heads, hidden 128; trained on generated agreement data, see ``captum_attnflow.models.agreement_data``)
 — or retrains it with ``--retrain`` — then, for N test examples, correlates the [CLS] row of raw
 attention, attention rollout and attention flow at every layer with blank-out importance
 (Table 1) and with input gradients (Table 2: the paper's |sum_d g_d|, which is rounding noise on
@@ -17,15 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-from captum_attnflow.cli import flow_solver, non_negative_int, positive_int
-from captum_attnflow.results_md import add_option, write_table
+from captum_attnflow.flow.maxflow import flow_solver
+from captum_attnflow.utils.arguments import non_negative_int, positive_int
+from captum_attnflow.utils.results_md import add_option, write_table
 
 HELP = "reproduce the paper's verb-agreement study: Tables 1-2 and Figs. 1-3 (offline, minutes)"
 
 #: sizes of the generated splits when retraining
 DATA_SIZES: dict[str, int] = {"train": 20000, "valid": 2000, "test": 4000}
 #: most epochs of training when retraining (it stops earlier at the paper's accuracy, see
-#: ``captum_attnflow.agreement.train.TrainingConfig``)
+#: ``captum_attnflow.studies.agreement.train.TrainingConfig``)
 MAX_EPOCHS = 3
 #: a test example for Figs. 1–3 is chosen among those with this many tokens (if any)
 FIGURE_LENGTHS = range(10, 17)
@@ -53,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="layers to report, 1-based: '1,3,6' or '2-6' (default: all)")
     parser.add_argument("--flow-solver", type=flow_solver, default="auto", metavar="NAME",
                         help="max-flow solver for attention flow: 'auto' (fastest exact) or a name in "
-                             "captum_attnflow.maxflow.SOLVERS")
+                             "captum_attnflow.flow.maxflow.SOLVERS")
     parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
                         help="processes computing attention flow (default 1)")
     add_option(parser)
@@ -77,7 +78,7 @@ def parse_layers(text: str | None, num_layers: int) -> list[int]:
 
 def _check_arguments(args: argparse.Namespace) -> Path:
     """Everything that can be checked before loading or training: the output folders."""
-    from captum_attnflow.files import writable_directory
+    from captum_attnflow.utils.files import writable_directory
 
     try:
         out = writable_directory(args.out, "--out")
@@ -94,11 +95,11 @@ def _check_arguments(args: argparse.Namespace) -> Path:
 
 def _load_or_train(args: argparse.Namespace, out: Path):
     """-> (model, metadata, splits, checkpoint path, training seconds or None)."""
-    from captum_attnflow.agreement.data import generate_splits
-    from captum_attnflow.agreement.model import (
+    from captum_attnflow.models.agreement_data import generate_splits
+    from captum_attnflow.models.agreement_model import (
         check_metadata, load_checkpoint, save_checkpoint, shipped_checkpoint_path,
     )
-    from captum_attnflow.agreement.train import TrainingConfig, accuracy, train_model
+    from captum_attnflow.studies.agreement.train import TrainingConfig, accuracy, train_model
 
     if not args.retrain:
         path = Path(args.checkpoint) if args.checkpoint else shipped_checkpoint_path()
@@ -134,9 +135,10 @@ def _figure_example(result) -> int:
 def _figures(model, result, out: Path, flow_solver: str) -> tuple[dict[str, str], str]:
     import torch
 
-    from captum_attnflow import attention_flow, raw_attention, rollout
-    from captum_attnflow.agreement import figures
-    from captum_attnflow.agreement.data import encode
+    from captum_attnflow.flow import attention_flow
+    from captum_attnflow.graph import raw_attention, rollout
+    from captum_attnflow.studies.agreement import figures
+    from captum_attnflow.models.agreement_data import encode
 
     chosen = result.scores[_figure_example(result)]
     tokens = list(chosen.example.tokens)
@@ -158,7 +160,7 @@ def _figures(model, result, out: Path, flow_solver: str) -> tuple[dict[str, str]
 
 
 def _study(args: argparse.Namespace, model, examples, layers):
-    from captum_attnflow.agreement.study import run_study
+    from captum_attnflow.studies.agreement.study import run_study
 
     if args.workers == 1:
         return run_study(model, examples, layers=layers, flow_solver=args.flow_solver)
@@ -171,10 +173,10 @@ def _study(args: argparse.Namespace, model, examples, layers):
 def _write_outputs(out: Path, *, result, tables: dict, setup: dict, summary: dict, figure_names: dict,
                    figure_example: str) -> list[str]:
     """Write CSV/JSON tables and the Markdown/HTML report; return the report's notes."""
-    from captum_attnflow.agreement.report import (
+    from captum_attnflow.studies.agreement.tables import (
         TABLE_FILES, comparison_notes, markdown_report, write_csv, write_json,
     )
-    from captum_attnflow.agreement.study import REFERENCES, gradient_diagnostics
+    from captum_attnflow.studies.agreement.study import REFERENCES, gradient_diagnostics
 
     diagnostics = gradient_diagnostics(result)
     notes = comparison_notes(tables, result.layers, diagnostics)
@@ -186,21 +188,22 @@ def _write_outputs(out: Path, *, result, tables: dict, setup: dict, summary: dic
                              timings=summary["timings_seconds"], figures=figure_names, example=figure_example,
                              notes=notes)
     (out / "report.md").write_text(report)
-    from captum_attnflow.report import sources, write_report
+    from captum_attnflow.report import write_report
+    from captum_attnflow.studies.agreement.explorer import agreement_explorer
 
     write_report(out / "report.html", "Attention flow reproduction: verb-number agreement", report, image_dir=out,
-                 explorer=sources.agreement_explorer(result))
+                 explorer=agreement_explorer(result))
     return notes
 
 
 def _reproduce(args: argparse.Namespace) -> int:
     import torch
 
-    from captum_attnflow.agreement import figures
-    from captum_attnflow.agreement.data import LABEL_NAMES
-    from captum_attnflow.agreement.report import TABLE_FILES, TABLE_TITLES, markdown_table, summary_tables
-    from captum_attnflow.agreement.study import REFERENCES
-    from captum_attnflow.agreement.train import accuracy
+    from captum_attnflow.studies.agreement import figures
+    from captum_attnflow.models.agreement_data import LABEL_NAMES
+    from captum_attnflow.studies.agreement.tables import TABLE_FILES, TABLE_TITLES, markdown_table, summary_tables
+    from captum_attnflow.studies.agreement.study import REFERENCES
+    from captum_attnflow.studies.agreement.train import accuracy
 
     out = _check_arguments(args)
     torch.set_num_threads(1)
@@ -262,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"captum-attnflow reproduce: error: {error.name} is missing; install the extras with "
               f"pip install 'captum-attnflow[transformers,plot]'", file=sys.stderr)
         return 2
-    from captum_attnflow.agreement.model import CheckpointError
+    from captum_attnflow.models.agreement_model import CheckpointError
 
     try:
         return _reproduce(args)

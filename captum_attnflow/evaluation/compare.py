@@ -6,11 +6,11 @@ and Captum's ``FeatureAblation`` / ``Occlusion`` (blank-out with a baseline toke
 ``Saliency`` / ``InputXGradient`` (on the input embeddings) and ``LayerIntegratedGradients``
 (on the embedding layer). Every method's result is reduced to one score per token, so the
 returned tensors are aligned ``(batch, n)`` and can be correlated
-(:func:`captum_attnflow.metrics.spearman`), tabulated (:func:`format_table`) or plotted
+(:func:`captum_attnflow.evaluation.metrics.spearman`), tabulated (:func:`format_table`) or plotted
 (:mod:`captum_attnflow.visualize`).
 
 Embedding-space attributions ``(batch, n, d)`` are reduced per token by
-:func:`captum_attnflow.metrics.reduce_gradients`: the L2 norm over the embedding dimension by
+:func:`captum_attnflow.evaluation.metrics.reduce_gradients`: the L2 norm over the embedding dimension by
 default (``gradient_reduction="l2"``), or ``"sum"`` (signed; with Integrated Gradients the
 scores then add up to the output difference) or ``"abs_sum"`` ``|Σ_d g_d|`` (the paper's).
 """
@@ -24,8 +24,8 @@ from captum.attr import FeatureAblation, InputXGradient, LayerIntegratedGradient
 from torch import Tensor, nn
 
 from captum_attnflow.attr import AttentionFlow, AttentionRollout, GradientWeightedRollout, RawAttention
-from captum_attnflow.attr.base import forward_call, output_tensor, resolve_positions
-from captum_attnflow.metrics import check_gradient_reduction, reduce_gradients
+from captum_attnflow.attr.inputs import forward_call, output_tensor, resolve_positions
+from captum_attnflow.evaluation.metrics import check_gradient_reduction, reduce_gradients
 
 #: Attention methods (computed from one recorded forward pass, gradient rollout from its own).
 ATTENTION_METHODS = {

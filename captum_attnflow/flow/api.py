@@ -10,29 +10,23 @@ The work is split into *groups*: one graph (an example, or an example and head f
 ``"fast"`` solver sorts the arcs of a graph once for all its positions. Groups can run in
 ``workers`` processes.
 
-Bounded flow (``tol=``): the ``"fast"`` solver stops each single-sink problem once its flow is
-close to a cut's capacity, so every raw value ``v_j`` is known to lie in ``[lo_j, hi_j]``; the
-normalised value ``v_j / Σ_k v_k`` then lies in ``[lo_j / (lo_j + Σ_{k≠j} hi_k), hi_j / (hi_j +
-Σ_{k≠j} lo_k)]`` (:func:`normalised_bounds`). The result is the middle of that interval and its
-half-width the proven error; problems are solved tighter until every row's error is ``<= tol``.
+Bounded flow (``tol=``) is :mod:`captum_attnflow.flow.bounds`; the cost guard
+:mod:`captum_attnflow.flow.cost`.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-import os
-import sys
-import warnings
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numba
 import numpy as np
 import torch
 
+from captum_attnflow.flow.bounds import BoundedFlow, bounded_rows, check_tol
+from captum_attnflow.flow.cost import estimate_seconds, warn_cost
+from captum_attnflow.flow.maxflow import SOLVERS, FastSolver, max_flows
 from captum_attnflow.graph import check_index, head_graph, prepare_graph, to_output
-from captum_attnflow.maxflow import CUT_GAP, SOLVERS, FastSolver, max_flows
 
 #: A group of tasks: ``(graph index, number of layers of the graph to use, output slot, output
 #: positions)``; its rows go to ``out[graph index, output slot, positions]``.
@@ -72,96 +66,6 @@ def _workers(workers) -> int:
     return int(workers)
 
 
-class BoundedFlow(NamedTuple):
-    """Attention flow with a proven error bound (``attention_flow(..., tol=...)``).
-
-    ``values`` has the shape and type of :func:`attention_flow`'s result; ``error`` drops its last
-    axis (one number per row, NaN for rows that were not requested): every entry of a row is
-    within ``error`` of the exact flow, ``|values - exact| <= error``, proven by a feasible flow
-    (lower bound) and a cut (upper bound) for each single-sink problem.
-    """
-
-    values: torch.Tensor | np.ndarray
-    error: torch.Tensor | np.ndarray
-
-    @property
-    def gap(self) -> float:
-        """The largest error bound over the computed rows (``<= tol``)."""
-        error = self.error if isinstance(self.error, np.ndarray) else self.error.detach().cpu().numpy()
-        return float(np.nanmax(error)) if np.isfinite(error).any() else 0.0
-
-
-class FlowCostWarning(UserWarning):
-    """A flow call is estimated to take long (:data:`COST_WARNING_SECONDS`)."""
-
-
-#: ``attention_flow`` warns (:class:`FlowCostWarning`) when its estimate exceeds this many seconds.
-COST_WARNING_SECONDS = 60.0
-
-#: Seconds per (single-sink problem × graph arc) of the ``"fast"`` solver on one core, measured on
-#: real decoder attention (SmolLM2, n = 1024–2048; ``benchmarks/bench_llm_flow.py``); the other
-#: solvers are slower by the factors of :data:`SOLVER_SLOWDOWN` (``benchmarks/bench_flow.py``).
-SECONDS_PER_ARC = 2.5e-10
-SOLVER_SLOWDOWN = {"fast": 1.0, "scipy": 15.0, "networkx": 1000.0}
-
-
-def check_tol(tol) -> float | None:
-    """``None`` (exact) or a positive finite number; anything else is an error naming ``tol``."""
-    if tol is None:
-        return None
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
-        raise TypeError(f"tol must be a positive number (the largest error allowed) or None for exact flow; got {type(tol).__name__}.")
-    if not math.isfinite(tol) or tol <= 0:
-        raise ValueError(f"tol={tol} must be a positive finite number (e.g. 1e-4), or None for exact flow.")
-    return float(tol)
-
-
-def normalised_bounds(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds on ``v_j / Σ_k v_k`` from bounds ``lower <= v <= upper`` (rows ``(..., n)``).
-
-    ``v_j / (v_j + R)`` grows with ``v_j`` and falls with ``R = Σ_{k≠j} v_k``, so it lies between
-    ``lo_j / (lo_j + Σ_{k≠j} hi_k)`` and ``hi_j / (hi_j + Σ_{k≠j} lo_k)`` (0 where the denominator
-    is 0). Equal bounds give the plain normalisation.
-    """
-    rest_upper = upper.sum(axis=-1, keepdims=True) - upper
-    rest_lower = lower.sum(axis=-1, keepdims=True) - lower
-    low_total = lower + rest_upper
-    high_total = upper + rest_lower
-    low = np.divide(lower, low_total, out=np.zeros_like(lower), where=low_total > 0)
-    high = np.divide(upper, high_total, out=np.zeros_like(upper), where=high_total > 0)
-    return low, np.minimum(np.maximum(high, low), 1.0)
-
-
-def _bounded_rows(solver: FastSolver, tol: float | None, progress: Callable[[int], None] | None):
-    """Normalised rows and their error bounds ``((P, n), (P,))`` from a prepared ``"fast"`` solver.
-
-    ``tol=None``: exact. Otherwise a first slack per source is chosen from the cut capacities so
-    that the error would be about ``tol`` if every sink stopped at its slack; rows whose proven
-    error is still above ``tol`` are solved again with an 8× smaller slack until it holds (at
-    the latest when the slack reaches :data:`CUT_GAP`, the exact solver).
-    """
-    num_sources, n = solver.cuts.shape
-    if tol is None:
-        lower, upper = solver.bounds(progress=progress)
-    else:
-        total = solver.cuts.sum(axis=1)  # >= Σ_j v_j
-        slack = np.maximum(tol * total / (1.0 + n * solver.cuts.max(axis=1) / np.maximum(total, 1e-300)), CUT_GAP)
-        slack = np.repeat(slack, n)
-        lower, upper = solver.bounds(slack, progress=progress)
-        while True:
-            low, high = normalised_bounds(lower.reshape(num_sources, n), upper.reshape(num_sources, n))
-            unsettled = np.repeat(((high - low).max(axis=1) / 2 > tol), n)
-            if not unsettled.any() or slack[unsettled].max() <= CUT_GAP:
-                break
-            slack[unsettled] = np.maximum(slack[unsettled] / 8, CUT_GAP)
-            tasks = np.flatnonzero(unsettled & (upper - lower > slack))
-            if len(tasks) == 0:
-                continue
-            lower[tasks], upper[tasks] = solver.bounds(slack[tasks], tasks)
-    low, high = normalised_bounds(lower.reshape(num_sources, n), upper.reshape(num_sources, n))
-    return (low + high) / 2, (high - low).max(axis=1) / 2
-
-
 def flow_rows(
     capacities: np.ndarray,
     sources: Sequence[int],
@@ -193,7 +97,7 @@ def flow_rows(
         capacities = capacities[:, keep][:, :, keep]
     local = np.searchsorted(keep, [sources[index] for index in solved])
     if method == "fast":
-        values, bounds = _bounded_rows(FastSolver(capacities, local, threads), tol, progress)
+        values, bounds = bounded_rows(FastSolver(capacities, local, threads), tol, progress)
     else:
         raw = max_flows(method, np.ascontiguousarray(capacities), local, threads)
         totals = raw.sum(axis=1, keepdims=True)
@@ -227,40 +131,6 @@ def _solve_group_in_worker(group: Group):
     return _solve_group(_SHARED["graphs"], _SHARED["live"], group, _SHARED["method"], 1, _SHARED["tol"])
 
 
-def estimate_seconds(problems: Sequence[tuple[int, int]], method: str, threads: int) -> float:
-    """Rough time of solving ``problems``: ``(number of single-sink problems, arcs of their graph)``.
-
-    :data:`SECONDS_PER_ARC` per problem and arc, times :data:`SOLVER_SLOWDOWN`, shared by
-    ``threads`` cores. Right within a factor of about 2 on attention graphs (real attention
-    usually stops early at a cut; random attention can take longer).
-    """
-    work = sum(count * arcs for count, arcs in problems)
-    return work * SECONDS_PER_ARC * SOLVER_SLOWDOWN.get(method, 1.0) / max(1, threads)
-
-
-def _warn_cost(seconds: float, problems: int, shape: tuple[int, int]) -> None:
-    if seconds < COST_WARNING_SECONDS:
-        return
-    layers, n = shape
-    warnings.warn(
-        FlowCostWarning(
-            f"attention flow: {problems:,} max-flow problems on graphs of up to {layers} layers x {n} tokens, "
-            f"estimated {seconds / 60:.1f} min. progress=True shows a bar; Ctrl-C stops cleanly; tol= (bounded "
-            f"flow) or fewer output_positions/layers make it cheaper."
-        ),
-        stacklevel=_outside_package(),
-    )
-
-
-def _outside_package() -> int:
-    """``stacklevel`` of the first caller outside this package (for a warning raised in it)."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
 def _solve(graphs: np.ndarray, live: np.ndarray | None, groups: list[Group], method: str, workers: int,
            progress: bool, tol: float | None):
     """Solve every group of ``graphs`` ``(graphs, L, n, n)``: ``workers`` processes, a cost warning
@@ -270,7 +140,7 @@ def _solve(graphs: np.ndarray, live: np.ndarray | None, groups: list[Group], met
     problems = [(len(group[3]) * size, group[1] * size * size) for group, size in zip(groups, sizes)]
     processes = min(workers, len(groups))
     threads = processes if processes > 1 else (numba.get_num_threads() if method == "fast" else 1)
-    _warn_cost(estimate_seconds(problems, method, threads), sum(count for count, _ in problems),
+    warn_cost(estimate_seconds(problems, method, threads), sum(count for count, _ in problems),
                (max(group[1] for group in groups), n))
     bar = None
     if progress:
@@ -388,7 +258,7 @@ def attention_flow(
         output_positions: query positions ``i`` to trace (int, sequence, or ``None`` for all).
         layers: 0-based layers ``l-1`` to compute (int, sequence, or ``None`` for all).
         flow_solver: max-flow solver, ``"auto"`` (``"fast"``, the exact compiled solver) or a name in
-            :data:`captum_attnflow.maxflow.SOLVERS` (``"networkx"`` is the reference, ``"scipy"``
+            :data:`captum_attnflow.flow.maxflow.SOLVERS` (``"networkx"`` is the reference, ``"scipy"``
             a baseline). Every solver is exact; they differ only in speed.
         renormalize: divide attention rows by their sums instead of rejecting rows off 1.
         workers: processes solving ``(example, layer)`` groups in parallel. ``1`` (default) solves

@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from captum_attnflow.agreement.data import CLS, END, MAX_WORDS, PAD, vocabulary
+from captum_attnflow.models.agreement_data import CLS, END, MAX_WORDS, PAD, vocabulary
 
 CHECKPOINT_FORMAT = 1
 #: file name of the checkpoint shipped inside the package
-CHECKPOINT_NAME = "checkpoint.pt"
+#: the file name of the shipped checkpoint inside this package
+SHIPPED_CHECKPOINT = "agreement_checkpoint.pt"
 #: the longest generated input: [CLS] + the words + [END]
 MAX_INPUT_TOKENS = MAX_WORDS + 2
 #: most examples a checkpoint's data_sizes may ask to generate (train + valid + test); the
@@ -135,7 +136,7 @@ def save_checkpoint(model: AgreementModel, path: str | Path, *, metadata: dict) 
 
 def shipped_checkpoint_path() -> Path:
     """Path of the checkpoint shipped inside the package (it may not exist in a source tree)."""
-    return Path(str(resources.files("captum_attnflow.agreement") / CHECKPOINT_NAME))
+    return Path(str(resources.files("captum_attnflow.models") / SHIPPED_CHECKPOINT))
 
 
 def _positive_int(value) -> bool:

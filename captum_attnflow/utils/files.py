@@ -35,6 +35,15 @@ class LockedError(ValueError):
     """Another live run holds the lock of an output directory."""
 
 
+#: Environment variable that overrides the cache directory.
+CACHE_ENV = "CAPTUM_ATTNFLOW_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$CAPTUM_ATTNFLOW_CACHE`` if set, else ``~/.cache/captum-attnflow``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "captum-attnflow")
+
+
 def writable_directory(path: str | Path, option: str = "--out") -> Path:
     """Create ``path`` (and its parents) and check that files can be written into it.
 

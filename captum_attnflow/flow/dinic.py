@@ -4,239 +4,22 @@ attention graph, read straight from the dense capacity matrices.
 The graph of ``l`` layers has nodes ``(k, i)``, ``k = 0..l``, ``i = 0..n-1``, node id ``k·n + i``,
 and an arc ``(k, i) -> (k-1, j)`` of capacity ``capacities[k-1, i, j]`` (float32 or float64; all
 arithmetic is float64). One problem per task: the max flow from a top node ``(l, source)`` to one
-input node ``(0, sink)``. The Python side is :func:`captum_attnflow.maxflow.fast_max_flows_many`;
+input node ``(0, sink)``. The Python side is :func:`captum_attnflow.flow.maxflow.fast_max_flows_many`;
+the arc order is :mod:`~captum_attnflow.flow.arcs`, the flow storage :mod:`~captum_attnflow.flow.storage`;
 ``docs/solver.md`` records what was tried and measured.
 
 Memory is ``O(l·n²)`` only for the inputs (``capacities`` and the arc order ``order``, int16 up to
 ``n = 32767``) and one bit per arc per thread: above ``maxflow.DENSE_ARCS`` arcs the flow lives in
-a small hash table (:func:`_add_flow`) that holds only the arcs carrying flow for the current sink.
+a small hash table (:func:`~captum_attnflow.flow.storage.add_flow`) that holds only the arcs carrying flow for the current sink.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import types
-from numba.extending import overload
 
-#: Residual capacities at or below this are treated as saturated (float round-off would otherwise
-#: leave arcs with ~1e-17 of residual that no path can use). Each arc of the final cut can hide at
-#: most this much, so values are exact up to ``l·n²·1e-13`` (< 1e-6 for ``l = 12``, ``n = 512``;
-#: in practice ~1e-15).
-RESIDUAL_EPS = 1e-13
-
-#: Arcs are ordered in capacity classes ``(2^-(b+1)/2, 2^-b/2]`` (a factor ``√2`` each, class ``b =
-#: 0..ARC_CLASSES-2``; everything at or below :data:`RESIDUAL_EPS` in the last class), largest first.
-ARC_CLASSES = 64
-
-#: Fibonacci hashing constant ``0x9E3779B97F4A7C15`` as a signed 64-bit integer.
-_HASH = -7046029254386353131
-
-
-def sort_arcs(capacities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Arcs of every node in decreasing capacity classes, by decreasing head position within a class.
-
-    The classes (a factor ``√2`` apart, :data:`ARC_CLASSES`) keep the search on big arcs first;
-    the position order inside a class lets a search that may only use heads at positions
-    ``>= floor`` (causal attention) skip the rest of a class at its first head below ``floor``
-    instead of scanning it. Only arcs above :data:`RESIDUAL_EPS` are listed (about half of them on
-    causal attention), and none of layer 0's (the solver reads those from ``capacities``).
-
-    Returns ``(order, row_start, num_arcs, class_end)``: the heads of the arcs out of ``(k+1, i)``
-    are ``order[row_start[k, i] : row_start[k, i] + num_arcs[k, i]]`` (int16 when ``n < 2**15``,
-    else int32), ``row_start`` and ``num_arcs`` are ``(l, n)`` and ``class_end[k, i, b]``
-    ``(l, n, ARC_CLASSES)`` is the index (within the row) after the last arc of the classes
-    ``<= b``.
-    """
-    num_layers, n, _ = capacities.shape
-    class_end = np.zeros((num_layers, n, ARC_CLASSES), np.int32)
-    num_arcs = _count_arcs(capacities)
-    row_start = np.zeros(num_arcs.size, np.int64)
-    np.cumsum(num_arcs.ravel()[:-1], out=row_start[1:])
-    row_start = row_start.reshape(num_arcs.shape)
-    order = np.empty(int(num_arcs.sum()), np.int16 if n < 2**15 else np.int32)
-    _sort_rows(capacities, order, row_start, class_end)
-    return order, row_start, num_arcs, class_end
-
-
-@numba.njit(cache=True, inline="always")
-def _arc_class(c):
-    """The capacity class of an arc (:data:`ARC_CLASSES`)."""
-    if c <= RESIDUAL_EPS:
-        return ARC_CLASSES - 1
-    return min(max(int(np.floor(-2.0 * np.log2(c))), 0), ARC_CLASSES - 2)
-
-
-@numba.njit(cache=True, nogil=True)
-def _count_arcs(capacities):
-    """``(l, n)`` int64: arcs above :data:`RESIDUAL_EPS` out of each node (0 for layer 0)."""
-    num_layers, n, _ = capacities.shape
-    counts = np.zeros((num_layers, n), np.int64)
-    for k in range(1, num_layers):
-        for i in range(n):
-            for j in range(n):
-                if np.float64(capacities[k, i, j]) > RESIDUAL_EPS:
-                    counts[k, i] += 1
-    return counts
-
-
-@numba.njit(cache=True, nogil=True)
-def _sort_rows(capacities, order, row_start, class_end):
-    """Counting sort of every row into :func:`sort_arcs`' order (``O(n)`` per row, no comparisons)."""
-    num_layers, n, _ = capacities.shape
-    classes = np.empty(n, np.int64)
-    start = np.empty(ARC_CLASSES, np.int64)
-    for k in range(1, num_layers):
-        for i in range(n):
-            start[:] = 0
-            for j in range(n):
-                b = _arc_class(np.float64(capacities[k, i, j]))
-                classes[j] = b
-                start[b] += 1
-            total = 0
-            for b in range(ARC_CLASSES):
-                total += start[b]
-                class_end[k, i, b] = total
-                start[b] = total - start[b]
-            base = row_start[k, i]
-            for j in range(n - 1, -1, -1):
-                b = classes[j]
-                if b < ARC_CLASSES - 1:
-                    order[base + start[b]] = j
-                    start[b] += 1
-
-
-@numba.njit(cache=True, nogil=True)
-def leak_past(capacities):
-    """``leak[j]``: capacity of the arcs from positions ``< j`` to positions ``>= j`` below the top.
-
-    With it, ``Σ_{m >= j} capacities[-1][source, m] + leak[j]`` is the capacity of a cut for sink
-    ``(0, j)`` (the "suffix cut"): the source side is the source and every node at a position
-    ``< j`` in the layers below it (layer 0 included, the sink excepted). On causal
-    (lower-triangular) attention ``leak = 0``. An arc ``i -> m`` with ``i < m`` crosses the cut of
-    every ``j`` in ``(i, m]``, so ``leak`` is the running sum of a difference array: ``O(l·n²)``.
-
-    Returns float64 ``(n,)``.
-    """
-    num_layers, n, _ = capacities.shape
-    change = np.zeros(n + 1)
-    for k in range(num_layers - 1):  # arcs between the layers below the top
-        for i in range(n):
-            for m in range(i + 1, n):
-                c = np.float64(capacities[k, i, m])
-                change[i + 1] += c
-                change[m + 1] -= c
-    return np.cumsum(change[:n])
-
-
-@numba.njit(cache=True)
-def _slot(keys, key):
-    """Index of ``key`` in the open-addressing table ``keys`` (-1 = empty), or of the empty slot
-    where it would go (linear probing)."""
-    mask = keys.shape[0] - 1
-    h = ((key * _HASH) >> 24) & mask
-    while keys[h] != key and keys[h] >= 0:
-        h = (h + 1) & mask
-    return h
-
-
-def _flow_of(flows, keys, values, key):
-    """Flow on the arc with flat index ``key`` (``((k-1)·n + i)·n + j`` for ``(k, i) -> (k-1, j)``).
-
-    Compiled only, by the overload below, in one of two storages chosen by the type of ``keys``:
-    ``None`` — dense, ``values[key]``; an array — the hash table ``keys``/``values``, where the
-    arc's bit in ``flows`` (set once the arc carried flow) answers 0 at once for almost every arc
-    a search looks at, without touching the table. Each storage gets its own compiled solver.
-    """
-    raise NotImplementedError("compiled by numba only")
-
-
-def _add_flow(flows, keys, values, used, count, key, amount):
-    """Add ``amount`` to the flow of arc ``key``, list a new arc in ``used``; returns the count of
-    listed arcs. Compiled only (storages as in :func:`_flow_of`)."""
-    raise NotImplementedError("compiled by numba only")
-
-
-def _clear_flows(flows, keys, values, used, count):
-    """Reset the ``count`` listed arcs to no flow. Compiled only (storages as in :func:`_flow_of`)."""
-    raise NotImplementedError("compiled by numba only")
-
-
-def _room(keys, used):
-    """How many arcs may be listed before the table must grow. Compiled only."""
-    raise NotImplementedError("compiled by numba only")
-
-
-@overload(_flow_of, inline="always")
-def _flow_of_compiled(flows, keys, values, key):
-    if isinstance(keys, types.NoneType):
-        return lambda flows, keys, values, key: values[key]
-
-    def hashed(flows, keys, values, key):
-        if (flows[key >> 6] >> np.uint64(key & 63)) & np.uint64(1) == 0:
-            return 0.0
-        h = _slot(keys, key)
-        if keys[h] == key:
-            return values[h]
-        return 0.0
-
-    return hashed
-
-
-@overload(_add_flow, inline="always")
-def _add_flow_compiled(flows, keys, values, used, count, key, amount):
-    if isinstance(keys, types.NoneType):
-
-        def dense(flows, keys, values, used, count, key, amount):
-            if (flows[key >> 6] >> np.uint64(key & 63)) & np.uint64(1) == 0:
-                flows[key >> 6] |= np.uint64(1) << np.uint64(key & 63)
-                values[key] = amount
-                used[count] = key
-                return count + 1
-            values[key] += amount
-            return count
-
-        return dense
-
-    def hashed(flows, keys, values, used, count, key, amount):
-        h = _slot(keys, key)
-        if keys[h] == key:
-            values[h] += amount
-            return count
-        flows[key >> 6] |= np.uint64(1) << np.uint64(key & 63)
-        keys[h] = key
-        values[h] = amount
-        used[count] = h
-        return count + 1
-
-    return hashed
-
-
-@overload(_clear_flows)
-def _clear_flows_compiled(flows, keys, values, used, count):
-    if isinstance(keys, types.NoneType):
-
-        def dense(flows, keys, values, used, count):
-            for t in range(count):
-                values[used[t]] = 0.0
-                flows[used[t] >> 6] = 0
-
-        return dense
-
-    def hashed(flows, keys, values, used, count):
-        for t in range(count):
-            key = keys[used[t]]
-            keys[used[t]] = -1
-            flows[key >> 6] = 0
-
-    return hashed
-
-
-@overload(_room, inline="always")
-def _room_compiled(keys, used):
-    if isinstance(keys, types.NoneType):
-        return lambda keys, used: used.shape[0]
-    return lambda keys, used: keys.shape[0] // 2
+from captum_attnflow.flow.arcs import RESIDUAL_EPS
+from captum_attnflow.flow.storage import add_flow, clear_flows, flow_of, room
 
 
 @numba.njit(cache=True, inline="always")
@@ -272,7 +55,7 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, row
     depth = 0
     path_layer[0] = num_layers
     path_node[0] = source
-    capacity = _room(keys, used)
+    capacity = room(keys, used)
     while total < limit:
         if count > capacity:
             return total, count, True
@@ -303,13 +86,13 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, row
                     continue
                 if level[n + head] == level[u] + 1:
                     key = (n + i) * n + head
-                    into_head = capacities[1, i, head] - _flow_of(flows, keys, values, key)
+                    into_head = capacities[1, i, head] - flow_of(flows, keys, values, key)
                     out_of_head = sink_cap[head] - sink_flow[head]
                     if out_of_head <= RESIDUAL_EPS:
                         level[n + head] = -1
                     elif into_head > RESIDUAL_EPS:
                         pushed = min(budget - amount, into_head, out_of_head)
-                        count = _add_flow(flows, keys, values, used, count, key, pushed)
+                        count = add_flow(flows, keys, values, used, count, key, pushed)
                         sink_flow[head] += pushed
                         amount += pushed
                         if out_of_head - pushed <= RESIDUAL_EPS:
@@ -324,9 +107,9 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, row
                 node = path_node[d]
                 arc = path_arc[d]
                 if arc < n:
-                    count = _add_flow(flows, keys, values, used, count, ((kd - 1) * n + node) * n + path_node[d + 1], amount)
+                    count = add_flow(flows, keys, values, used, count, ((kd - 1) * n + node) * n + path_node[d + 1], amount)
                 else:
-                    count = _add_flow(flows, keys, values, used, count, (kd * n + arc - n) * n + node, -amount)
+                    count = add_flow(flows, keys, values, used, count, (kd * n + arc - n) * n + node, -amount)
                 path_residual[d] -= amount
                 if path_residual[d] <= RESIDUAL_EPS:
                     retreat = d
@@ -345,7 +128,7 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, row
                     arc_of[u] = _end_of_class(class_end, k - 1, i, arc)
                     continue
                 if level[(k - 1) * n + head] == level[u] + 1:
-                    residual = capacities[k - 1, i, head] - _flow_of(flows, keys, values, ((k - 1) * n + i) * n + head)
+                    residual = capacities[k - 1, i, head] - flow_of(flows, keys, values, ((k - 1) * n + i) * n + head)
                     if residual > RESIDUAL_EPS:
                         advanced = True
                         head_layer = k - 1
@@ -353,7 +136,7 @@ def _blocking_flow(num_layers, n, source, sink, sink_cap, capacities, order, row
             elif backward and arc < 2 * n and k < num_layers:
                 head = arc - n
                 if level[(k + 1) * n + head] == level[u] + 1:
-                    residual = _flow_of(flows, keys, values, (k * n + head) * n + i)
+                    residual = flow_of(flows, keys, values, (k * n + head) * n + i)
                     if residual > RESIDUAL_EPS:
                         advanced = True
                         head_layer = k + 1
@@ -404,7 +187,7 @@ def _levels(num_layers, n, source, sink, sink_cap, capacities, order, row_start,
                     arc = _end_of_class(class_end, k - 1, i, arc)
                     continue
                 v = (k - 1) * n + j
-                if level[v] < 0 and capacities[k - 1, i, j] - _flow_of(flows, keys, values, ((k - 1) * n + i) * n + j) > \
+                if level[v] < 0 and capacities[k - 1, i, j] - flow_of(flows, keys, values, ((k - 1) * n + i) * n + j) > \
                         RESIDUAL_EPS:
                     level[v] = level[u] + 1
                     queue[tail] = v
@@ -414,7 +197,7 @@ def _levels(num_layers, n, source, sink, sink_cap, capacities, order, row_start,
             # reverse arcs: only nodes at positions >= floor carry flow (and >= i on causal attention)
             for p in range(max(floor, i) if causal else floor, n):
                 v = (k + 1) * n + p
-                if level[v] < 0 and _flow_of(flows, keys, values, (k * n + p) * n + i) > RESIDUAL_EPS:
+                if level[v] < 0 and flow_of(flows, keys, values, (k * n + p) * n + i) > RESIDUAL_EPS:
                     level[v] = level[u] + 1
                     queue[tail] = v
                     tail += 1
@@ -464,7 +247,7 @@ def _max_flow_to_sink(num_layers, n, source, sink, sink_cap, capacities, order, 
             break
         arc_of[:] = 0
         backward = True  # later level graphs can use reverse arcs
-    _clear_flows(flows, keys, values, used, count)
+    clear_flows(flows, keys, values, used, count)
     return value, max(bound, value), ok
 
 

@@ -17,7 +17,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from captum_attnflow import attention_flow, raw_attention, rollout
+    from captum_attnflow.flow import attention_flow
+    from captum_attnflow.graph import raw_attention, rollout
 
     try:
         from transformers import BertConfig, BertModel

@@ -1,0 +1,184 @@
+"""What a recorder keeps while it runs: the state of one module call, the record of one forward
+pass and its completeness check, and the per-model turns that serialise recording across threads."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from captum_attnflow.capture.discovery import AttentionLayer
+from captum_attnflow.capture.sdpa import SDPAInterceptor
+from captum_attnflow.capture.torch_mha import MHACall, per_head_weights
+
+
+@dataclass
+class Call:
+    """State of one running call of a recorded module (``role`` resolved: self or cross)."""
+
+    layer: AttentionLayer
+    role: str
+    interceptor: SDPAInterceptor | None = None
+    sdpa_weights: list[torch.Tensor] = field(default_factory=list)
+    mha: MHACall | None = None
+    key_padding_mask: torch.Tensor | None = None
+
+
+@dataclass
+class Pass:
+    """What one forward pass of the model recorded."""
+
+    mask: torch.Tensor | None = None
+    attentions: list[torch.Tensor] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+    cross_attentions: list[torch.Tensor] = field(default_factory=list)
+    cross_layers: list[str] = field(default_factory=list)
+    fired: set[str] = field(default_factory=set)
+
+
+class ModelTurns:
+    """One thread at a time records a given model; recorders of one thread may nest.
+
+    torch registers and runs a module's hooks without a lock: a hook registered by one thread
+    while another thread is inside the module's forward can be called with the wrong arguments.
+    So attaching a recorder waits until recorders attached by other threads on the same model are
+    removed (recording from several threads is serialised per model; different models run freely).
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._owners: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+
+    def acquire(self, model: nn.Module) -> None:
+        me = threading.get_ident()
+        with self._condition:
+            while model in self._owners and self._owners[model][0] != me:
+                self._condition.wait()
+            owner = self._owners.setdefault(model, [me, 0])
+            owner[1] += 1
+
+    def release(self, model: nn.Module) -> None:
+        with self._condition:
+            owner = self._owners.get(model)
+            if owner is None:
+                return
+            owner[1] -= 1
+            if owner[1] <= 0:
+                del self._owners[model]
+                self._condition.notify_all()
+
+
+MODEL_TURNS = ModelTurns()
+
+
+def complete_pass(
+    recorded: Pass | None, layers: Sequence[AttentionLayer], model: nn.Module, passes_elsewhere: bool
+) -> Pass:
+    """``recorded`` if it holds one complete self-attention graph; else a RuntimeError saying why.
+
+    Args:
+        recorded: the last forward pass (None: no pass completed).
+        layers: the modules the recorder hooked.
+        model: the recorded model (named in the message).
+        passes_elsewhere: whether a forward pass ran in another thread meanwhile.
+    """
+    if recorded is None:
+        elsewhere = (
+            " A forward pass ran in another thread meanwhile: a recorder records only the thread "
+            "that attached it; attach one recorder in each thread that runs the model."
+            if passes_elsewhere
+            else ""
+        )
+        raise RuntimeError(
+            f"no complete forward pass has been recorded: call the model "
+            f"({type(model).__name__}) while the recorder is attached (inside "
+            f"`with AttentionRecorder(model) as recorder:`). A forward pass that raised, or a "
+            f"reset(), leaves nothing recorded. recorder.registered_layers lists the hooked "
+            f"modules before any pass.{elsewhere}"
+        )
+    missing = [layer.name or "<model>" for layer in layers if layer.name not in recorded.fired]
+    if missing:
+        raise RuntimeError(
+            f"the last forward pass recorded {len(recorded.layers)} attention layer(s) but "
+            f"{len(missing)} of the {len(layers)} registered attention modules never ran: "
+            f"{missing}. An early exit or skipped layers leave the attention graph incomplete; "
+            f"pass attention_layers= with the modules that run."
+        )
+    recorded = recorded
+    if not recorded.attentions:
+        raise RuntimeError(
+            f"the last forward pass recorded only cross-attention ({recorded.cross_layers}); "
+            f"there is no self-attention graph."
+        )
+    first = recorded.attentions[0]
+    for name, layer in zip(recorded.layers, recorded.attentions):
+        if layer.shape[0] != first.shape[0] or layer.shape[-1] != first.shape[-1]:
+            raise RuntimeError(
+                f"self-attention layer {name!r} has shape {tuple(layer.shape)} but layer "
+                f"{recorded.layers[0]!r} has {tuple(first.shape)}: these layers do not form one "
+                f"attention graph over the same tokens (an encoder and a decoder, or a model "
+                f"that drops or merges tokens). Record the layers of one graph with "
+                f"attention_layers=."
+            )
+    return recorded
+
+
+def returned_tensor(output, index: int) -> torch.Tensor | None:
+    """``output[index]`` when ``output`` is a tuple/list holding a tensor there, else None."""
+    if isinstance(output, (tuple, list)) and -len(output) <= index < len(output):
+        item = output[index]
+        return item if isinstance(item, torch.Tensor) else None
+    return None
+
+
+def call_weights(
+call: Call, module: nn.Module, args: tuple, kwargs: dict, output, *, extractor: Callable | None, model: nn.Module
+) -> torch.Tensor:
+    """The ``(batch, heads, n_q, n_k)`` weights of one call of a recorded module: from ``extractor``,
+    ``nn.MultiheadAttention``'s output, the intercepted ``F.scaled_dot_product_attention`` or the
+    module's returned weights (see :class:`~captum_attnflow.capture.AttentionRecorder`)."""
+    name = call.layer.name or "<model>"
+    where = f"attention layer {name!r} ({type(module).__name__})"
+    if extractor is not None:
+        weights = extractor(module, args, kwargs, output)
+        source = "the extractor"
+    elif call.mha is not None:
+        weights = per_head_weights(output, call.mha)
+        source = "nn.MultiheadAttention"
+    elif len(call.sdpa_weights) > 1:
+        raise ValueError(
+            f"{where} called F.scaled_dot_product_attention {len(call.sdpa_weights)} times in one "
+            f"call; record the submodules that each compute one attention (attention_layers=) or "
+            f"pass extractor=."
+        )
+    elif call.sdpa_weights:
+        weights = call.sdpa_weights[0]
+        source = "F.scaled_dot_product_attention"
+    elif returned_tensor(output, call.layer.output_index) is not None:
+        weights = returned_tensor(output, call.layer.output_index)
+        source = f"output[{call.layer.output_index}]"
+    else:
+        implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        hint = (
+            f" The model uses attn_implementation={implementation!r}; call "
+            f"model.set_attn_implementation('eager') or ('sdpa') before recording."
+            if implementation is not None
+            else ""
+        )
+        raise ValueError(
+            f"{where} produced no attention weights: it neither called "
+            f"F.scaled_dot_product_attention nor returned weights as "
+            f"output[{call.layer.output_index}].{hint} For a custom module pass "
+            f"extractor=fn(module, args, kwargs, output) -> (batch, heads, n, n)."
+        )
+    if not isinstance(weights, torch.Tensor) or weights.dim() != 4:
+        shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+        raise ValueError(
+            f"{where}: {source} gave attention of shape {shape}; expected a tensor of shape "
+            f"(batch, heads, n, n)."
+        )
+    return weights
