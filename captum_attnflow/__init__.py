@@ -10,7 +10,7 @@ from captum_attnflow.attr import (
 )
 from captum_attnflow.capture import AttentionRecorder
 from captum_attnflow.flow import BoundedFlow, FlowCostWarning, attention_flow, head_flow
-from captum_attnflow.graph import head_rollout, raw_attention, rollout
+from captum_attnflow.graph import ContributionGraph, alti_graph, head_rollout, raw_attention, rollout, value_norm_graph
 
 __version__ = "0.1.0"
 
@@ -19,15 +19,18 @@ __all__ = [
     "AttentionRecorder",
     "AttentionRollout",
     "BoundedFlow",
+    "ContributionGraph",
     "FlowCostWarning",
     "GradientWeightedRollout",
     "LLMAttentionAttribution",
     "RawAttention",
     "patch_grid",
+    "alti_graph",
     "attention_flow",
     "head_flow",
     "head_rollout",
     "raw_attention",
     "rollout",
+    "value_norm_graph",
     "__version__",
 ]

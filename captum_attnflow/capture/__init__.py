@@ -8,11 +8,13 @@ that :mod:`~captum_attnflow.capture.discovery` finds or the user names, reads fu
 
 from captum_attnflow.capture.discovery import AttentionLayer, discover_attention_layers, select_attention_layers
 from captum_attnflow.capture.recorder import AttentionRecorder
+from captum_attnflow.capture.terms import LayerTerms
 from captum_attnflow.capture.sdpa import SDPAInterceptor, sdpa_attention_weights, sdpa_with_weights
 
 __all__ = [
     "AttentionLayer",
     "AttentionRecorder",
+    "LayerTerms",
     "SDPAInterceptor",
     "discover_attention_layers",
     "sdpa_attention_weights",

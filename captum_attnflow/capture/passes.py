@@ -6,12 +6,13 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from captum_attnflow.capture.discovery import AttentionLayer
+from captum_attnflow.capture.discovery import SELF, AttentionLayer
 from captum_attnflow.capture.sdpa import SDPAInterceptor
 from captum_attnflow.capture.torch_mha import MHACall, per_head_weights
 
@@ -26,6 +27,8 @@ class Call:
     sdpa_weights: list[torch.Tensor] = field(default_factory=list)
     mha: MHACall | None = None
     key_padding_mask: torch.Tensor | None = None
+    tap: object | None = None  # a terms.ValueTap while the module runs (contributions=True)
+    extracted: dict | None = None  # the extractor's dict when it returned one
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Pass:
     cross_attentions: list[torch.Tensor] = field(default_factory=list)
     cross_layers: list[str] = field(default_factory=list)
     fired: set[str] = field(default_factory=set)
+    terms: list = field(default_factory=list)  # terms.LayerTerms per self-attention layer (contributions=True)
 
 
 class ModelTurns:
@@ -146,6 +150,8 @@ call: Call, module: nn.Module, args: tuple, kwargs: dict, output, *, extractor: 
     if extractor is not None:
         weights = extractor(module, args, kwargs, output)
         source = "the extractor"
+        if isinstance(weights, Mapping):  # the extended contract: weights plus what contribution graphs need
+            call.extracted, weights = dict(weights), weights.get("weights")
     elif call.mha is not None:
         weights = per_head_weights(output, call.mha)
         source = "nn.MultiheadAttention"
@@ -180,5 +186,12 @@ call: Call, module: nn.Module, args: tuple, kwargs: dict, output, *, extractor: 
         raise ValueError(
             f"{where}: {source} gave attention of shape {shape}; expected a tensor of shape "
             f"(batch, heads, n, n)."
+        )
+    if call.role == SELF and weights.shape[-1] != weights.shape[-2]:
+        raise ValueError(
+            f"{where} recorded non-square attention of shape {tuple(weights.shape)}; self-attention needs "
+            f"(batch, heads, n, n). Cross-attention modules cannot enter the rollout/flow graph: leave them out "
+            f"of attention_layers. A key/value cache also makes attention non-square: call the model without "
+            f"past_key_values (use_cache=False)."
         )
     return weights

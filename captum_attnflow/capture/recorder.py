@@ -28,6 +28,7 @@ from captum_attnflow.capture.torch_mha import (
     route_gradient_to_weights,
 )
 from captum_attnflow.capture.passes import MODEL_TURNS, Call, Pass, call_weights, complete_pass
+from captum_attnflow.capture.terms import LayerTerms, TermsCollector, ValueTap
 from captum_attnflow.utils.attention import HEAD_FUSIONS, as_attention_stack, fuse_heads
 
 Extractor = Callable[[nn.Module, tuple, dict, object], torch.Tensor]
@@ -137,6 +138,8 @@ class AttentionRecorder:
             the values) — what gradient-weighted rollout (Chefer et al. 2021) needs. Requires
             gradients enabled during the forward pass and ``head_fusion=None``; an extractor must
             then return the very tensor that multiplied the values (not a copy).
+        contributions: also record what the value-norm and ALTI graphs need (``terms``; see
+            :mod:`~captum_attnflow.capture.terms`, which also states the extractor's dict form).
 
     Raises:
         TypeError, ValueError: invalid arguments, or no attention module found (the message
@@ -150,6 +153,7 @@ class AttentionRecorder:
         extractor: Extractor | None = None,
         head_fusion: str | None = None,
         keep_graph: bool = False,
+        contributions: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
@@ -174,6 +178,7 @@ class AttentionRecorder:
         else:
             self._layers = select_attention_layers(model, attention_layers)
         self._mask_arguments = mask_arguments(model, self._layers)
+        self._terms = TermsCollector(model, [layer.module for layer in self._layers]) if contributions else None
         self._handles: list = []
         self._calls: list[Call] = []
         self._running: Pass | None = None
@@ -183,9 +188,7 @@ class AttentionRecorder:
         self._owner: int | None = None  # the thread that attached the hooks
         self._passes_elsewhere = False  # a pass ran in another thread while attached
 
-    # ----------------------------------------------------------------------------------------
-    # Attaching and removing
-    # ----------------------------------------------------------------------------------------
+    # ---- Attaching and removing --------------------------------------------------------------
 
     @property
     def attached(self) -> bool:
@@ -215,6 +218,8 @@ class AttentionRecorder:
                 self.model.register_forward_pre_hook(self._pass_pre_hook, with_kwargs=True, prepend=True)
             )
             self._handles.append(self.model.register_forward_hook(self._pass_hook, always_call=True))
+            if self._terms is not None:
+                self._handles.extend(self._terms.attach(self._in_owner_thread))
             FastPathOff.acquire()
             self._holds_fastpath = True
         except BaseException:
@@ -239,8 +244,9 @@ class AttentionRecorder:
         self._handles = []
         while self._calls:
             call = self._calls.pop()
-            if call.interceptor is not None:
-                call.interceptor.__exit__(None, None, None)
+            for mode in (call.tap, call.interceptor):
+                if mode is not None:
+                    mode.__exit__(None, None, None)
         if self._holds_fastpath:
             self._holds_fastpath = False
             FastPathOff.release()
@@ -259,9 +265,7 @@ class AttentionRecorder:
         """Forget the recorded forward pass."""
         self._recorded = None
 
-    # ----------------------------------------------------------------------------------------
-    # Hooks
-    # ----------------------------------------------------------------------------------------
+    # ---- Hooks -------------------------------------------------------------------------------
 
     def _in_owner_thread(self) -> bool:
         return threading.get_ident() == self._owner
@@ -296,11 +300,12 @@ class AttentionRecorder:
                 if self.extractor is None:
                     kwargs, call.mha = prepare_mha_call(arguments)
                     return (), kwargs
-            if self.extractor is not None:
-                return None
-            where = f"attention layer {layer.name or '<model>'!r} ({type(module).__name__})"
-            call.interceptor = SDPAInterceptor(call.sdpa_weights.append, where)
-            call.interceptor.__enter__()
+            if self.extractor is None:
+                where = f"attention layer {layer.name or '<model>'!r} ({type(module).__name__})"
+                call.interceptor = SDPAInterceptor(call.sdpa_weights.append, where)
+                call.interceptor.__enter__()
+            if self._terms is not None:  # on top of the interceptor: sees the SDPA call first
+                call.tap = ValueTap().__enter__()
             return None
 
         return hook
@@ -309,30 +314,24 @@ class AttentionRecorder:
         if not self._in_owner_thread() or not self._calls or self._calls[-1].layer.module is not module:
             return None  # another thread's call, or the pre-hook never ran (an earlier hook raised)
         call = self._calls.pop()  # pushed by this module's pre-hook, which knows the layer
-        if call.interceptor is not None:
-            call.interceptor.__exit__(None, None, None)
+        for mode in (call.tap, call.interceptor):  # the tap was entered last
+            if mode is not None:
+                mode.__exit__(None, None, None)
         if output is None:  # the module raised
             return None
         if self._running is not None:  # None: the module was called outside a model call
-            self._store(call, call_weights(call, module, args, kwargs, output, extractor=self.extractor, model=self.model))
+            weights = call_weights(call, module, args, kwargs, output, extractor=self.extractor, model=self.model)
+            self._store(call, weights)
+            if self._terms is not None and call.role == SELF:
+                self._running.terms.append(self._terms.collect(call, module, args, kwargs, weights))
         return None if call.mha is None else restore_mha_output(output, call.mha)
 
-    # ----------------------------------------------------------------------------------------
-    # Turning a call into a recorded layer
-    # ----------------------------------------------------------------------------------------
+    # ---- Turning a call into a recorded layer ------------------------------------------------
 
     def _store(self, call: Call, weights: torch.Tensor) -> None:
         layer, running, role = call.layer, self._running, call.role
         name = layer.name or "<model>"
         running.fired.add(layer.name)
-        if role == SELF and weights.shape[-1] != weights.shape[-2]:
-            raise ValueError(
-                f"attention layer {name!r} ({type(layer.module).__name__}) recorded non-square "
-                f"attention of shape {tuple(weights.shape)}; self-attention needs (batch, heads, n, "
-                f"n). Cross-attention modules cannot enter the rollout/flow graph: leave them out "
-                f"of attention_layers. A key/value cache also makes attention non-square: call the "
-                f"model without past_key_values (use_cache=False)."
-            )
         if role == SELF and running.mask is None and call.key_padding_mask is not None:
             running.mask = live_tokens_from_key_padding_mask(call.key_padding_mask)
         if self.keep_graph:
@@ -356,9 +355,7 @@ class AttentionRecorder:
             running.cross_attentions.append(weights)
             running.cross_layers.append(name)
 
-    # ----------------------------------------------------------------------------------------
-    # Results
-    # ----------------------------------------------------------------------------------------
+    # ---- Results -----------------------------------------------------------------------------
 
     @property
     def registered_layers(self) -> list[str]:
@@ -407,6 +404,13 @@ class AttentionRecorder:
                 f"sequence length internally. Build the (batch, n) mask yourself."
             )
         return recorded.mask
+
+    @property
+    def terms(self) -> list[LayerTerms]:
+        """One :class:`~captum_attnflow.capture.terms.LayerTerms` per entry of ``attentions`` (``contributions=True``)."""
+        if self._terms is None:
+            raise RuntimeError("recorder.terms needs AttentionRecorder(..., contributions=True).")
+        return list(self._complete_pass().terms)
 
     def stack(self) -> torch.Tensor:
         """The recorded attention as one tensor ``(batch, L, heads, n, n)``."""

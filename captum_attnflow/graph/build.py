@@ -42,6 +42,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from captum_attnflow.graph.contributions import ContributionGraph
 from captum_attnflow.graph.kernel import mean_residual_block
 from captum_attnflow.utils.attention import (
     ROW_SUM_TOLERANCE,
@@ -192,6 +193,9 @@ def prepare_graph(
     once for small inputs, one at a time for large ones (heads are never stacked across layers
     beyond that).
 
+    ``attentions`` may be a :class:`~captum_attnflow.graph.contributions.ContributionGraph`
+    instead (:func:`contribution_graph_matrices`; ``layers`` is then None).
+
     Returns:
         ``(augmented, layers, mask, output_format)``: ``augmented`` is ``(batch, L, n, n)`` with
         ``augmented[:, l-1] = Â_l``; ``layers`` the validated attention (renormalised with
@@ -199,6 +203,11 @@ def prepare_graph(
         ``(batch, heads, n, n)``; ``mask`` a bool ``(batch, n)`` or None; ``output_format`` for
         :func:`to_output`.
     """
+    if isinstance(attentions, ContributionGraph):
+        return contribution_graph_matrices(
+            attentions, residual=residual, head_fusion=head_fusion, mask=mask, discard_ratio=discard_ratio,
+            protected_tokens=protected_tokens,
+        )
     check_head_fusion(head_fusion)
     layers, output_format = attention_layers(attentions)
     batch, heads, n, _ = layers[0].shape
@@ -228,6 +237,39 @@ def prepare_graph(
                 augmented = matrices.new_empty(batch, len(layers), n, n)
             augmented[:, start : start + len(chunk)] = matrices
     return augmented, layers, mask, output_format
+
+
+def contribution_graph_matrices(
+    graph: ContributionGraph, *, residual: bool, head_fusion: str, mask, discard_ratio: float = 0.0,
+    protected_tokens: int | Sequence[int] = 0,
+) -> tuple[torch.Tensor, None, torch.Tensor | None, OutputFormat]:
+    """``Â_l`` of a contribution graph: ``rownorm(M_l + I)`` when ``residual`` and the residual is
+    not inside ``M_l``, else ``M_l`` (renormalised on live tokens); ``discard_ratio`` zeroes the
+    smallest entries of ``M_l`` first, as for fused attention. See :mod:`~captum_attnflow.graph.contributions`.
+
+    Raises:
+        ValueError: ``head_fusion`` other than ``"mean"`` (the heads are summed inside the
+            contributions already), or matrices that are not ``(batch, L, n, n)``, finite and >= 0.
+    """
+    if head_fusion != "mean":
+        raise ValueError(
+            f"head_fusion={head_fusion!r} fuses attention heads; a {graph.name!r} graph sums the heads inside "
+            f"its contributions already. Pass head_fusion='mean' (or graph='attention')."
+        )
+    matrices = graph.matrices
+    if not isinstance(matrices, torch.Tensor) or matrices.dim() != 4 or matrices.shape[-1] != matrices.shape[-2]:
+        shape = tuple(matrices.shape) if isinstance(matrices, torch.Tensor) else type(matrices).__name__
+        raise ValueError(f"ContributionGraph.matrices must be a (batch, L, n, n) tensor; got {shape}.")
+    if not matrices.is_floating_point() or not bool(torch.isfinite(matrices).all()) or bool((matrices < 0).any()):
+        raise ValueError("ContributionGraph.matrices must be finite, non-negative floats.")
+    batch, _, n, _ = matrices.shape
+    mask = as_mask(mask, batch=batch, n=n, device=matrices.device)
+    protected = check_discard(discard_ratio, protected_tokens, n)
+    if discard_ratio > 0:
+        matrices = discard_lowest(matrices, discard_ratio, protected, mask)
+    add_identity = residual and not graph.residual_included
+    augmented = augment_residual(matrices, residual=add_identity, mask=mask)
+    return augmented, None, mask, OutputFormat(False, matrices.dtype)
 
 
 def mean_residual_graph(layers: list[torch.Tensor]) -> torch.Tensor | None:

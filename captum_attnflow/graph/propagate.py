@@ -122,6 +122,8 @@ def head_graph(
     ``layers`` are the validated raw ``(batch, heads, n, n)`` tensors; ``layer`` is 0-based. Each
     head's matrix is masked, given the residual and row-normalised exactly like a fused layer.
     """
+    if layers is None:  # prepare_graph of a ContributionGraph
+        raise ValueError("head= (appendix A.1) is defined on the attention graph only; pass head=None or graph='attention'.")
     attention = restrict_to_live(layers[layer].unsqueeze(1), mask, first_layer=layer)[:, 0]
     return augment_residual(attention, residual=residual, mask=mask)
 
