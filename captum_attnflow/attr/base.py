@@ -19,11 +19,23 @@ from torch import Tensor, nn
 
 from captum_attnflow.attr.inputs import as_input_tuple, positional_arguments, resolve_layers, resolve_positions
 from captum_attnflow.capture import AttentionRecorder
-from captum_attnflow.graph import RowSumError, check_head_fusion, check_index
+from captum_attnflow.graph import ContributionGraph, RowSumError, check_graph, check_head_fusion, check_index, recorded_graph
 
 # --------------------------------------------------------------------------------------------
 # The base class
 # --------------------------------------------------------------------------------------------
+
+
+def check_graph_options(graph: str, head: int | None, head_fusion: str) -> None:
+    """``graph`` is one of :data:`~captum_attnflow.graph.GRAPHS`; ``head`` and non-mean fusion only with ``"attention"``."""
+    check_graph(graph)
+    if graph != "attention" and head is not None:
+        raise ValueError(f"head={head} (appendix A.1) is defined on the attention graph; pass head=None with graph={graph!r}.")
+    if graph != "attention" and head_fusion != "mean":
+        raise ValueError(
+            f"head_fusion={head_fusion!r} fuses attention heads; graph={graph!r} sums the heads inside its "
+            f"contributions. Pass head_fusion='mean' or graph='attention'."
+        )
 
 
 class FunctionModule(nn.Module):
@@ -123,13 +135,15 @@ class AttentionAttribution(Attribution):
         *,
         head_fusion: str | None,
         keep_graph: bool = False,
-    ) -> tuple[list[Tensor], Tensor | None, Any]:
+        contributions: bool = False,
+    ) -> tuple:
         """Run the model once under the recorder.
 
         Returns:
             ``(attentions, mask, output)``: ``L`` tensors ``(batch, heads, n, n)`` (``heads = 1``
             when ``head_fusion`` is given), the ``(batch, n)`` bool padding mask or ``None``, and
-            the model's output.
+            the model's output; with ``contributions=True`` a fourth item, the recorder's ``terms``
+            (what the value-norm and ALTI graphs need, one per layer).
         """
         inputs = as_input_tuple(inputs)
         if isinstance(additional_forward_args, Mapping):
@@ -137,7 +151,8 @@ class AttentionAttribution(Attribution):
         else:
             args, kwargs = inputs + positional_arguments(additional_forward_args), {}
         recorder = AttentionRecorder(
-            self.model, self.attention_layers, self.extractor, head_fusion=head_fusion, keep_graph=keep_graph
+            self.model, self.attention_layers, self.extractor, head_fusion=head_fusion, keep_graph=keep_graph,
+            contributions=contributions,
         )
         with recorder, torch.set_grad_enabled(keep_graph):
             output = self.model(*args, **kwargs)
@@ -157,7 +172,7 @@ class AttentionAttribution(Attribution):
                 f"the padding mask in additional_forward_args does not fit the inputs: {error} Pass "
                 f"an attention_mask of shape (batch, n) with one row per example of inputs."
             ) from error
-        return attentions, mask, output
+        return (attentions, mask, output, recorder.terms) if contributions else (attentions, mask, output)
 
     def attribute(
         self,
@@ -169,6 +184,7 @@ class AttentionAttribution(Attribution):
         head: int | None = None,
         residual: bool = True,
         head_fusion: str = "mean",
+        graph: str = "attention",
     ) -> Tensor:
         r"""
         Args:
@@ -222,6 +238,16 @@ class AttentionAttribution(Attribution):
                         so only ``L·n²`` floats per example are kept; the result equals the
                         functional API on the model's per-head ``output_attentions``.
                         Default: "mean"
+            graph (str, optional): The edges of the graph (``docs/design.md``, "Contribution
+                        graphs"): ``"attention"`` — the paper's ``rownorm(mean_h A_l + I)``;
+                        ``"value_norm"`` — Kobayashi et al. (2020), ``‖Σ_h α^h_ij W_O^h v^h_j‖₂``
+                        row-normalised, then ``rownorm(M_l + I)``; ``"alti"`` — Ferrando et al.
+                        (2022), residual (and post-norm LayerNorm) inside, no ``+ I``. The
+                        non-default graphs also record the value vectors, the output projection
+                        and the block input (:func:`captum_attnflow.value_norm_graph`,
+                        :func:`captum_attnflow.alti_graph`); ``head`` and ``head_fusion`` other
+                        than ``"mean"`` apply to ``"attention"`` only.
+                        Default: "attention"
 
         Returns:
             *Tensor* of **attributions**:
@@ -239,12 +265,15 @@ class AttentionAttribution(Attribution):
                         inputs whose batch does not match the attention or the padding mask.
             TypeError: arguments of the wrong type.
         """
-        capture_fusion = None if head is not None or self.needs_heads else head_fusion
+        check_graph_options(graph, head, head_fusion)
+        contributions = graph != "attention"
+        capture_fusion = None if head is not None or self.needs_heads or contributions else head_fusion
         if capture_fusion is not None:
             check_head_fusion(capture_fusion)
-        attentions, mask, _ = self.record(inputs, additional_forward_args, head_fusion=capture_fusion)
+        recorded = self.record(inputs, additional_forward_args, head_fusion=capture_fusion, contributions=contributions)
         return self.attribute_recorded(
-            attentions, mask, position=position, layer=layer, head=head, residual=residual, head_fusion=head_fusion
+            recorded[0], recorded[1], position=position, layer=layer, head=head, residual=residual,
+            head_fusion=head_fusion, graph=graph, terms=recorded[3] if contributions else None,
         )
 
     def graph_rows(
@@ -261,7 +290,8 @@ class AttentionAttribution(Attribution):
     ) -> Tensor:
         """The method's matrices at ``layers``: ``(batch, len(layers), n, n)``.
 
-        ``attentions`` (and ``gradients``, the target's gradient with respect to them, when the
+        ``attentions`` is a :class:`~captum_attnflow.graph.ContributionGraph` for ``graph=``
+        other than ``"attention"`` (the functional API takes either). ``attentions`` (and ``gradients``, the target's gradient with respect to them, when the
         method uses gradients) are ``L`` tensors ``(batch, heads, n, n)``; ``mask`` is
         ``(batch, n)`` bool or None. Only rows in ``positions`` (all rows when ``None``) need to
         be valid.
@@ -279,13 +309,18 @@ class AttentionAttribution(Attribution):
         head: int | None,
         residual: bool,
         head_fusion: str,
+        graph: str = "attention",
+        terms: Sequence | None = None,
     ) -> Tensor:
         """Token scores from recorded attention; see :meth:`attribute` for the arguments.
 
         ``attentions`` (and ``gradients`` for gradient-weighted methods) are ``L`` tensors
-        ``(batch, heads, n, n)``; ``mask`` is a ``(batch, n)`` bool padding mask or None.
+        ``(batch, heads, n, n)``; ``mask`` is a ``(batch, n)`` bool padding mask or None;
+        ``terms`` the recorder's ``terms`` (``contributions=True``), needed for ``graph`` other
+        than ``"attention"``.
         """
         check_head_fusion(head_fusion)
+        check_graph_options(graph, head, head_fusion)
         if head is not None:
             num_heads = attentions[0].shape[1]
             if num_heads == 1 and head != 0:
@@ -297,8 +332,13 @@ class AttentionAttribution(Attribution):
             head = check_index(head, num_heads, "head", "heads")
         layers, keep_layer_axis = resolve_layers(layer, len(attentions))
         positions = resolve_positions(position, attentions, mask)
+        source = attentions
+        if graph != "attention":
+            if terms is None:
+                raise ValueError(f"graph={graph!r} needs the recorder's terms: record with contributions=True.")
+            source = recorded_graph(graph, attentions, terms, mask=mask)
         try:
-            scores = self.scores(attentions, mask, gradients, positions, layers, head, residual, head_fusion)
+            scores = self.scores(source, mask, gradients, positions, layers, head, residual, head_fusion)
         except RowSumError as error:  # its hint (renormalize=True) is an option of the functional API only
             raise ValueError(
                 f"the recorded attention is not row-stochastic: {str(error).split(' Attention must')[0]}. "
@@ -318,12 +358,14 @@ class AttentionAttribution(Attribution):
             scores = matrices if positions == "all" else matrices.amax(dim=-2)
         else:
             scores = None
+            contribution = isinstance(attentions, ContributionGraph)
+            device = attentions.matrices.device if contribution else attentions[0].device
             for value in positions.unique().tolist():
-                rows = (positions == value).nonzero().flatten().to(attentions[0].device)
+                rows = (positions == value).nonzero().flatten().to(device)
                 if len(rows) == positions.shape[0]:  # every example: no copy (L·n² floats at 4k tokens)
                     rows = slice(None)
                 sub = self.graph_rows(
-                    [a[rows] for a in attentions],
+                    attentions.select(rows) if contribution else [a[rows] for a in attentions],
                     None if mask is None else mask[rows],
                     gradients=None if gradients is None else [g[rows] for g in gradients],
                     layers=layers, positions=[value], head=head, residual=residual, head_fusion=head_fusion,

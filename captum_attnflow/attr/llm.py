@@ -20,10 +20,10 @@ from captum.attr import Attribution, LLMAttributionResult, TextTokenInput
 from captum.attr._core.llm_attr import DEFAULT_GEN_ARGS, _convert_ids_to_pretty_tokens
 from torch import Tensor, nn
 
-from captum_attnflow.attr.base import AttentionAttribution
+from captum_attnflow.attr.base import AttentionAttribution, check_graph_options
 from captum_attnflow.attr.inputs import output_tensor, resolve_layers
 from captum_attnflow.attr.gradient import GradientWeightedRollout, attention_gradients
-from captum_attnflow.graph import check_head_fusion, check_index
+from captum_attnflow.graph import check_head_fusion, check_index, recorded_graph
 
 #: The special tokens whose ids must agree between the tokenizer and the model.
 SPECIAL_TOKENS: tuple[str, ...] = ("bos", "eos", "pad")
@@ -268,6 +268,7 @@ class LLMAttentionAttribution(Attribution):
         head: int | None = None,
         residual: bool = True,
         head_fusion: str = "mean",
+        graph: str = "attention",
     ) -> LLMAttributionResult:
         r"""
         Args:
@@ -291,7 +292,9 @@ class LLMAttentionAttribution(Attribution):
                         Default: None
             layer (int, optional): The attention layer the rows are read at (``-1``: last).
                         Default: -1
-            head, residual, head_fusion: As in :meth:`AttentionAttribution.attribute`.
+            head, residual, head_fusion, graph: As in :meth:`AttentionAttribution.attribute`
+                        (``graph="value_norm"``/``"alti"``: the contribution graphs; not with
+                        :class:`GradientWeightedRollout`, whose graph is gradient-weighted attention).
 
         Returns:
             :class:`~captum.attr.LLMAttributionResult` with ``input_tokens`` (the prompt's
@@ -309,6 +312,10 @@ class LLMAttentionAttribution(Attribution):
                         ``head_fusion`` or ``skip_tokens``.
         """
         check_head_fusion(head_fusion)
+        check_graph_options(graph, head, head_fusion)
+        if graph != "attention" and isinstance(self.attr_method, GradientWeightedRollout):
+            raise ValueError(f"graph={graph!r} is not defined for GradientWeightedRollout; use AttentionRollout, "
+                             f"AttentionFlow or RawAttention.")
         layers, several = resolve_layers(layer, len(self.attr_method.layer_names))
         if several:
             raise ValueError(f"layer={layer!r}: token_attr has one row per output token, so pass one layer (an int).")
@@ -319,7 +326,7 @@ class LLMAttentionAttribution(Attribution):
         self.check_length(prompt.shape[1] + target.numel(), "inp + target")
         ids = torch.cat([prompt, target[:-1].to(self.device)[None]], dim=1)
         positions = list(range(prompt.shape[1] - 1, ids.shape[1]))
-        rows, log_probs = self.rows(ids, target.to(self.device), positions, layers, head, residual, head_fusion)
+        rows, log_probs = self.rows(ids, target.to(self.device), positions, layers, head, residual, head_fusion, graph)
         token_attr = rows[:, : prompt.shape[1]]
         if inp.itp_mask is not None:
             token_attr = token_attr[:, inp.itp_mask[0].to(token_attr.device)]
@@ -341,13 +348,16 @@ class LLMAttentionAttribution(Attribution):
         head: int | None,
         residual: bool,
         head_fusion: str,
+        graph: str = "attention",
     ) -> tuple[Tensor, Tensor]:
         """One forward pass over ``ids`` ``(1, n)``; the method's rows at ``positions`` ``(T, n)``
         and the log-probability of each ``target`` token ``(T,)`` at its position."""
         method = self.attr_method
         gradient = isinstance(method, GradientWeightedRollout)
-        capture_fusion = None if head is not None or method.needs_heads else head_fusion
-        attentions, mask, output = method.record(ids, None, head_fusion=capture_fusion, keep_graph=gradient)
+        contributions = graph != "attention"
+        capture_fusion = None if head is not None or method.needs_heads or contributions else head_fusion
+        recorded = method.record(ids, None, head_fusion=capture_fusion, keep_graph=gradient, contributions=contributions)
+        attentions, mask, output = recorded[:3]
         if head is not None:
             head = check_index(head, attentions[0].shape[1], "head", "heads")
         logits = output_tensor(output)[0, positions]
@@ -356,7 +366,8 @@ class LLMAttentionAttribution(Attribution):
         if not gradient:
             if hasattr(method, "gap"):  # AttentionFlow: the proven error of this call's rows
                 method.gap = 0.0
-            matrix = method.graph_rows(attentions, mask, gradients=None, positions=positions, **options)
+            source = recorded_graph(graph, attentions, recorded[3], mask=mask) if contributions else attentions
+            matrix = method.graph_rows(source, mask, gradients=None, positions=positions, **options)
             return matrix[0, 0, positions], log_probs.detach()
         detached = [a.detach() for a in attentions]
         rows = []
