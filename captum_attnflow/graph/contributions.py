@@ -97,8 +97,9 @@ def sends(values: Tensor, out_proj: Tensor) -> Tensor:
     return torch.einsum("bhjk,dhk->bhjd", values, out_proj.reshape(out_proj.shape[0], heads, dh).to(values.dtype))
 
 
-def _prepare(attention: Tensor, values: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Checks one layer's shapes; zeroes padded keys and queries. Returns ``(α, live)``."""
+def _prepare(attention: Tensor, values: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Checks one layer's shapes; zeroes ``α`` of padded keys and queries and the values of padded
+    tokens (by selection: a fully masked row may hold NaN). Returns ``(α, values, live)``."""
     if attention.dim() != 4 or attention.shape[-1] != attention.shape[-2]:
         raise ValueError(f"attention has shape {tuple(attention.shape)}; expected (batch, heads, n, n).")
     if values.dim() != 4 or values.shape[:3] != attention.shape[:3]:
@@ -106,8 +107,8 @@ def _prepare(attention: Tensor, values: Tensor, mask: Tensor | None) -> tuple[Te
                          f"{tuple(attention.shape[:3])} + (head_dim,) (grouped-query heads repeated).")
     batch, _, n, _ = attention.shape
     live = torch.ones(batch, n, dtype=torch.bool, device=attention.device) if mask is None else mask
-    weight = live.to(attention.dtype)
-    return attention * weight[:, None, :, None] * weight[:, None, None, :], live
+    pairs = live[:, None, :, None] & live[:, None, None, :]
+    return attention.masked_fill(~pairs, 0.0), values.masked_fill(~live[:, None, :, None], 0.0), live
 
 
 def _normalise_rows(matrix: Tensor, live: Tensor) -> Tensor:
@@ -130,13 +131,13 @@ def value_norm_matrix(attention: Tensor, values: Tensor, out_proj: Tensor, *, re
     Returns:
         ``(batch, n, n)``.
     """
-    alpha, live = _prepare(attention, values, mask)
+    alpha, values, live = _prepare(attention, values, mask)
     u = sends(values, out_proj)  # (batch, H, n, d)
     gram = torch.einsum("bhjd,bgjd->bjhg", u, u)  # G_j, (batch, n, H, H)
     squared = torch.einsum("bhij,bjhg,bgij->bij", alpha, gram, alpha)
     if residual is not None:
-        diagonal = torch.einsum("bhi,bhid->bid", alpha.diagonal(dim1=-2, dim2=-1), u) + residual.to(u.dtype)
-        own = diagonal.square().sum(-1) * live.to(u.dtype)
+        x = residual.to(u.dtype).masked_fill(~live[..., None], 0.0)
+        own = (torch.einsum("bhi,bhid->bid", alpha.diagonal(dim1=-2, dim2=-1), u) + x).square().sum(-1)
         squared = squared - torch.diag_embed(squared.diagonal(dim1=-2, dim2=-1)) + torch.diag_embed(own)
     return squared.clamp_min(0).sqrt()
 
@@ -155,12 +156,12 @@ def alti_matrix(attention: Tensor, values: Tensor, out_proj: Tensor, residual: T
         ``(batch, n, n)``. Row blocks keep the ``(rows, n, n, d)`` term tensor under
         :data:`ALTI_BLOCK_ELEMENTS` elements.
     """
-    alpha, live = _prepare(attention, values, mask)
+    alpha, values, live = _prepare(attention, values, mask)
     u = sends(values, out_proj)
     batch, _, n, d = u.shape
     if tuple(residual.shape) != (batch, n, d):
         raise ValueError(f"residual has shape {tuple(residual.shape)}; expected (batch, n, d) = ({batch}, {n}, {d}).")
-    x = residual.to(u.dtype) * live[..., None].to(u.dtype)
+    x = residual.to(u.dtype).masked_fill(~live[..., None], 0.0)
     scale = gamma = None
     if post_norm is not None:
         gamma, _, eps = post_norm
@@ -182,7 +183,7 @@ def alti_matrix(attention: Tensor, values: Tensor, out_proj: Tensor, residual: T
         y = terms.sum(2)  # (batch, r, d)
         distance = (y[:, :, None] - terms).abs().sum(-1)
         result[:, rows] = (y.abs().sum(-1)[..., None] - distance).clamp_min(0)
-    return result * live[:, :, None].to(result.dtype) * live[:, None, :].to(result.dtype)
+    return result.masked_fill(~(live[:, :, None] & live[:, None, :]), 0.0)
 
 
 def _graph(per_layer: list[Tensor], mask: Tensor | None, residual_included: bool, name: str) -> ContributionGraph:

@@ -156,6 +156,8 @@ def head_rollout(
     augmented, layers, mask, output_format = prepare_graph(
         attentions, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize
     )
+    if layers is None:  # a ContributionGraph: head_graph says why
+        head_graph(None, layer, residual=residual, mask=mask)
     num_layers, num_heads = len(layers), layers[0].shape[1]
     layer = check_index(layer, num_layers, "layer", "layers")
     top = head_graph(layers, layer, residual=residual, mask=mask)
