@@ -235,8 +235,6 @@ class TermsCollector:
         residual, post_norm, missing = extracted.get("residual"), extracted.get("post_norm"), ""
         if residual is None and layout.known:
             source = _first_tensor(args, kwargs) if layout.block is None else self.block_inputs.get(id(layout.block))
-            if isinstance(module, nn.MultiheadAttention) and layout.block is None:
-                source = mha_arguments["query"]
             residual = None if source is None else _batch_major(source, module)
             post_norm = layout.post_norm
         elif residual is None:
