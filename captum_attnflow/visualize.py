@@ -4,9 +4,14 @@
   :class:`~captum.attr.visualization.VisualizationDataRecord` objects for
   :func:`captum.attr.visualization.visualize_text`; :func:`save_text_html` writes that view to
   an HTML file.
-* :func:`token_heatmap`: method × token map of one sentence (the paper's Fig. 4/5 view).
+* :func:`token_heatmap`: method × token map of one sentence (the paper's Fig. 4/5 view);
+  :func:`grouped_token_heatmap`: the same with one colour scale per group of rows that share a
+  unit (attention shares, gradients, ...).
 * :func:`layer_heatmaps`: layer × token map, one panel per method (the paper's Fig. 2/3 view).
 * :func:`patch_overlay`: ViT patch scores upsampled over the image.
+* :func:`plot_llm_attribution`: a readable map of Captum's ``LLMAttributionResult`` (generated
+  text): decoded token labels, the attention sink on its own scale; :func:`llm_token_labels`,
+  :func:`find_sink_columns`.
 * :func:`save_figure`: PNG / SVG / PDF by file suffix.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly (no ``pyplot``), so nothing
@@ -253,6 +258,63 @@ def token_heatmap(
     return figure
 
 
+def grouped_token_heatmap(
+    groups: Mapping[str, Mapping[str, Tensor]],
+    tokens: Sequence[str],
+    *,
+    title: str | None = None,
+    annotate: bool = False,
+) -> Figure:
+    """Method × token maps of one sentence, stacked in panels: one panel per group of rows that
+    share a unit, each with ONE colour scale and its own colour bar stating it.
+
+    Unlike :func:`token_heatmap` with ``normalize=True`` (every row scaled to its own maximum, so a
+    nearly uniform row looks as saturated as a peaked one), rows in a group keep their values:
+    e.g. raw attention, rollout and flow (shares of one unit) on one scale, gradients on another.
+
+    Args:
+        groups: ``{group label: {row label: (n,) scores}}``; the group label names the unit and
+            goes on the panel's colour bar.
+        tokens: the ``n`` token strings (made readable with :func:`readable_tokens`).
+        title: figure title.
+        annotate: write each value in its cell.
+
+    Returns:
+        A :class:`~matplotlib.figure.Figure`: panels top to bottom in the order of ``groups``;
+        a panel is sequential from 0 when none of its scores is negative, else diverging and
+        symmetric around 0.
+    """
+    if not groups or any(not rows for rows in groups.values()):
+        raise ValueError("groups must map each group label to a non-empty {row label: (n,) scores}.")
+    blocks = {}
+    for group, rows in groups.items():
+        block = np.stack([_as_numpy(value, f"groups[{group!r}][{name!r}]").reshape(-1) for name, value in rows.items()])
+        _check_tokens(tokens, block.shape[1])
+        blocks[group] = block
+    n = len(tokens)
+    heights = [block.shape[0] for block in blocks.values()]
+    figure = Figure(figsize=(2.8 + 0.55 * n, 1.2 + 0.36 * sum(heights) + 0.35 * len(blocks)), constrained_layout=True)
+    axes = figure.subplots(len(blocks), 1, sharex=True, squeeze=False, height_ratios=heights)[:, 0]
+    for axis, (group, block) in zip(axes, blocks.items()):
+        signed = bool((block < 0).any())
+        top = float(np.abs(block).max()) or 1.0
+        image = axis.imshow(block, cmap=DIVERGING_CMAP if signed else SEQUENTIAL_CMAP, vmin=-top if signed else 0.0,
+                            vmax=top, aspect="auto", interpolation="nearest")
+        axis.set_yticks(range(block.shape[0]), list(groups[group]), fontsize=9)
+        bar = figure.colorbar(image, ax=axis, pad=0.01, fraction=0.03, aspect=max(3, 4 * block.shape[0]))
+        bar.set_label(group, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+        if annotate:
+            for i in range(block.shape[0]):
+                for j in range(n):
+                    axis.text(j, i, f"{block[i, j]:.2g}", ha="center", va="center", fontsize=6,
+                              color=_text_colour(image.cmap(image.norm(block[i, j]))))
+    axes[-1].set_xticks(range(n), readable_tokens(tokens), rotation=45, ha="right")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
 def layer_heatmaps(
     per_layer: Mapping[str, Tensor],
     tokens: Sequence[str],
@@ -260,6 +322,8 @@ def layer_heatmaps(
     example: int = 0,
     mask: Tensor | None = None,
     title: str | None = None,
+    log: bool = False,
+    note: str | None = None,
 ) -> Figure:
     """Layer × token maps, one panel per method (the paper's Fig. 2/3 view).
 
@@ -270,13 +334,23 @@ def layer_heatmaps(
         example: the batch row to show.
         mask: optional ``(batch, n)`` padding mask; padded tokens are left out.
         title: figure title.
+        log: a log colour scale (non-negative scores only), from the smallest positive score
+            to the largest: shows an attention-sink column (~1) and the rest (~1e-6) on one
+            scale. Zeros are drawn in the lowest colour.
+        note: a line of text under the panels (e.g. what was left out and why).
 
     Returns:
         A :class:`~matplotlib.figure.Figure` with one panel per method and ONE colour scale
-        (and colour bar) for all panels, so that methods and layers compare: sequential from 0
-        when no score is negative, diverging around 0 otherwise. Token labels are made readable
-        (:func:`readable_tokens`).
+        (and colour bar, which states the scale) for all panels, so that methods and layers
+        compare: sequential from 0 when no score is negative, diverging around 0 otherwise.
+        Token labels are made readable (:func:`readable_tokens`).
+
+    Raises:
+        ValueError: ``log`` with negative scores, or malformed inputs.
     """
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm, Normalize
+
     if not per_layer:
         raise ValueError("per_layer is empty; pass {method: (batch, L, n) tensor}.")
     panels = []
@@ -295,20 +369,32 @@ def layer_heatmaps(
     shown = [panel[:, keep] for panel in panels]
     high = max(float(np.abs(panel).max()) for panel in shown) or 1.0
     signed = any(bool((panel < 0).any()) for panel in shown)
-    cmap, low = (DIVERGING_CMAP, -high) if signed else (SEQUENTIAL_CMAP, 0.0)
+    if log and signed:
+        raise ValueError("log=True needs non-negative scores; these have negative ones.")
+    cmap = colormaps[DIVERGING_CMAP if signed else SEQUENTIAL_CMAP]
+    if log:
+        positive = np.concatenate([panel[panel > 0] for panel in shown])
+        low = max(float(positive.min()) if positive.size else high * 1e-6, high * 1e-12)
+        norm, scale = LogNorm(vmin=min(low, high / 10), vmax=high), "log scale"
+        cmap = cmap.with_extremes(under=cmap(0.0), bad=cmap(0.0))
+    else:
+        norm, scale = Normalize(vmin=-high if signed else 0.0, vmax=high), "linear"
     labels = readable_tokens([tokens[j] for j in keep])
     figure = Figure(
-        figsize=(1.2 + len(panels) * (1.0 + 0.4 * len(keep)), 1.6 + 0.3 * layers), constrained_layout=True
+        figsize=(1.2 + len(panels) * (1.0 + 0.4 * len(keep)), 1.6 + 0.3 * layers + (0.3 if note else 0.0)),
+        constrained_layout=True,
     )
     all_axes = figure.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     for axes, name, panel in zip(all_axes, per_layer, shown):
-        image = axes.imshow(panel, cmap=cmap, vmin=low, vmax=high, origin="lower", aspect="auto")
+        image = axes.imshow(panel, cmap=cmap, norm=norm, origin="lower", aspect="auto")
         axes.set_xticks(range(len(keep)), labels, rotation=90)
         axes.set_yticks(range(panel.shape[0]), [f"L{l + 1}" for l in range(panel.shape[0])])
         axes.set_title(name)
-    figure.colorbar(image, ax=list(all_axes), shrink=0.9, label="score (one scale for all panels)")
+    figure.colorbar(image, ax=list(all_axes), shrink=0.9, label=f"score ({scale}, one scale for all panels)")
     if title:
         figure.suptitle(title)
+    if note:
+        figure.supxlabel(note, fontsize=9)
     return figure
 
 
