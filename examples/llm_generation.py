@@ -111,13 +111,14 @@ def draw(results: dict, tokenizer, title: str) -> Figure:
     across), each drawn by :func:`captum_attnflow.visualize.plot_llm_attribution` with its own
     colour bar: readable token labels, a sequential scale from 0 for the non-negative attention
     shares with rollout's attention-sink column on its own scale, a diverging scale centred on 0
-    for the signed Captum scores; times in the titles."""
+    for the signed Captum scores. No times in the titles: they depend on the machine's load (the
+    timing table has them)."""
     ids = next(iter(results.values()))[0].output_token_ids  # ours carry them: label every panel the same
     sizes = [plot_llm_attribution(r, tokenizer=tokenizer, output_ids=ids).get_size_inches() for r, _ in results.values()]
     figure = Figure(figsize=(max(w for w, _ in sizes), sum(h for _, h in sizes) + 0.6), layout="constrained")
     panels = figure.subfigures(len(results), 1, height_ratios=[h for _, h in sizes])
-    for panel, (name, (result, seconds)) in zip(panels, results.items()):
-        plot_llm_attribution(result, tokenizer=tokenizer, output_ids=ids, figure=panel, title=f"{name} ({seconds:.2f} s)")
+    for panel, (name, (result, _)) in zip(panels, results.items()):
+        plot_llm_attribution(result, tokenizer=tokenizer, output_ids=ids, figure=panel, title=name)
     figure.suptitle(title, fontsize=11)
     return figure
 

@@ -331,3 +331,35 @@ def test_plot_llm_attribution_seq_attr_only_and_errors():
             plot_llm_attribution(result, **kwargs)
     with pytest.raises(ValueError, match="output_ids has 2 ids for 1 output tokens"):
         plot_llm_attribution(llm_result([[0.2, 0.8]]), output_ids=[1, 2])
+
+
+def test_layer_heatmaps_log_scale_shows_a_sink_and_the_rest():
+    per_layer = {"rollout": np.array([[[0.99, 1e-3, 1e-6]], [[0.999, 1e-5, 1e-7]]])[:, 0], "flow": np.full((2, 3), 0.3)}
+    figure = layer_heatmaps(per_layer, ["<|endoftext|>", "The", "Ġcat"], log=True, note="first column: the sink")
+    norm = figure.axes[0].images[0].norm
+    assert isinstance(norm, LogNorm) and norm.vmin == pytest.approx(1e-7) and norm.vmax == pytest.approx(0.999)
+    assert figure.axes[1].images[0].norm is norm  # one scale for all panels
+    assert "log scale" in figure.axes[-1].get_ylabel() and figure.get_supxlabel() == "first column: the sink"
+    with pytest.raises(ValueError, match="log=True needs non-negative"):
+        layer_heatmaps({"grad": -np.ones((2, 3))}, ["a", "b", "c"], log=True)
+
+
+def test_grouped_token_heatmap_one_stated_scale_per_group():
+    from captum_attnflow.visualize import grouped_token_heatmap
+
+    tokens = ["el", "##ling", "crazy"]
+    groups = {"share (one scale)": {"raw": [0.5, 0.1, 0.2], "flow": [0.3, 0.3, 0.31]},
+              "‖g‖₂": {"gradient": [2.0, 4.0, 1.0]}, "signed": {"delta": [-1.0, 0.5, 0.0]}}
+    figure = grouped_token_heatmap(groups, tokens, title="one sentence")
+    maps = [ax for ax in figure.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert len(maps) == 3
+    share, gradient, signed = (ax.images[0] for ax in maps)
+    assert (share.norm.vmin, share.norm.vmax) == (0.0, 0.5)  # flow keeps its values: not scaled to its own max
+    np.testing.assert_allclose(share.get_array(), [[0.5, 0.1, 0.2], [0.3, 0.3, 0.31]])
+    assert (gradient.norm.vmin, gradient.norm.vmax) == (0.0, 4.0) and gradient.cmap.name == SEQUENTIAL_CMAP
+    assert (signed.norm.vmin, signed.norm.vmax) == (-1.0, 1.0) and signed.cmap.name == DIVERGING_CMAP
+    bars = [ax.get_ylabel() for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert bars == list(groups)
+    assert tick_texts(maps[-1]) == ["el", "-ling", "crazy"] and tick_texts(maps[0], "y") == ["raw", "flow"]
+    with pytest.raises(ValueError, match="non-empty"):
+        grouped_token_heatmap({"empty": {}}, tokens)
