@@ -5,6 +5,7 @@ from captum_attnflow.attr import (
     AttentionRollout,
     GradientWeightedRollout,
     LLMAttentionAttribution,
+    LLMAttentionResult,
     RawAttention,
     patch_grid,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "FlowCostWarning",
     "GradientWeightedRollout",
     "LLMAttentionAttribution",
+    "LLMAttentionResult",
     "RawAttention",
     "patch_grid",
     "alti_graph",

@@ -13,7 +13,8 @@ target continuation are explained four ways, each returning Captum's ``LLMAttrib
 
 Each method is timed; the Spearman correlation of every pair of methods is computed per output
 token (on the scores as returned, signed for the Captum methods); one figure draws the four
-``token_attr`` maps side by side. Writes ``llm_generation.png`` to ``--out`` and, with
+``token_attr`` maps one under the other
+(:func:`captum_attnflow.visualize.plot_llm_attribution`). Writes ``llm_generation.png`` to ``--out`` and, with
 ``--results-md DIR``, the agreement table ``llm_generation.md`` and the timing table
 ``llm_generation_timing.md``.
 
@@ -33,10 +34,10 @@ import torch
 from matplotlib.figure import Figure
 
 from captum_attnflow import AttentionFlow, AttentionRollout, LLMAttentionAttribution
-from captum_attnflow.utils.files import writable_directory
 from captum_attnflow.evaluation.metrics import spearman
+from captum_attnflow.utils.files import writable_directory
 from captum_attnflow.utils.results_md import add_option, write_table
-from captum_attnflow.visualize import save_figure
+from captum_attnflow.visualize import plot_llm_attribution, save_figure
 
 PROMPT = "Marie Curie was born in Warsaw but worked in France. She won the Nobel Prize twice, and her daughter Irène"
 TARGET = " also won the Nobel Prize"
@@ -105,36 +106,20 @@ def timing_table(results: dict, prompt_tokens: int, n_steps: int) -> str:
     return "\n".join(lines)
 
 
-def readable(tokenizer, ids) -> list[str]:
-    """Each token id decoded on its own (spaces shown, no byte-level ``Ġ``), newlines escaped."""
-    return [tokenizer.decode([int(i)]).replace("\n", "\\n") for i in ids]
-
-
-def draw(results: dict, input_labels: list[str], title: str) -> Figure:
-    """The four ``token_attr`` maps side by side (prompt tokens down, output tokens across), each
-    on its own colour bar: rollout on a log scale (its mass sits on the first token), flow on a
-    linear one, the signed Captum scores on a diverging scale centred on 0; times in the titles."""
-    from matplotlib.colors import LogNorm, Normalize
-
-    figure = Figure(figsize=(3.1 * len(results) + 1.5, 0.22 * len(input_labels) + 2.0), layout="constrained")
-    axes = figure.subplots(1, len(results), sharey=True)
-    for ax, (name, (result, seconds)) in zip(axes, results.items()):
-        attr = result.token_attr.detach().double().numpy().T
-        if name == "rollout":
-            norm, cmap, scale = LogNorm(vmin=max(attr.min(), 1e-12), vmax=attr.max()), "Reds", "log scale"
-        elif attr.min() >= 0:
-            norm, cmap, scale = Normalize(vmin=0, vmax=attr.max()), "Reds", "linear"
-        else:
-            bound = np.abs(attr).max()
-            norm, cmap, scale = Normalize(vmin=-bound, vmax=bound), "RdBu_r", "signed"
-        image = ax.imshow(attr, norm=norm, cmap=cmap, aspect="auto", interpolation="nearest")
-        figure.colorbar(image, ax=ax, location="bottom", shrink=0.9, pad=0.02, label=scale)
-        ax.set_title(f"{name}\n{seconds:.2f} s", fontsize=10)
-        ax.set_xticks(range(len(result.output_tokens)), result.output_tokens, fontsize=9)
-        ax.tick_params(top=True, labeltop=True, bottom=False, labelbottom=False)
-        ax.set_yticks(range(len(input_labels)), [repr(t)[1:-1] for t in input_labels], fontsize=8)
-    axes[0].set_ylabel("prompt token")
-    figure.suptitle(title, fontsize=10)
+def draw(results: dict, tokenizer, title: str) -> Figure:
+    """The four ``token_attr`` maps, one under the other (output tokens down, prompt tokens
+    across), each drawn by :func:`captum_attnflow.visualize.plot_llm_attribution` with its own
+    colour bar: readable token labels, a sequential scale from 0 for the non-negative attention
+    shares with rollout's attention-sink column on its own scale, a diverging scale centred on 0
+    for the signed Captum scores. No times in the titles: they depend on the machine's load (the
+    timing table has them)."""
+    ids = next(iter(results.values()))[0].output_token_ids  # ours carry them: label every panel the same
+    sizes = [plot_llm_attribution(r, tokenizer=tokenizer, output_ids=ids).get_size_inches() for r, _ in results.values()]
+    figure = Figure(figsize=(max(w for w, _ in sizes), sum(h for _, h in sizes) + 0.6), layout="constrained")
+    panels = figure.subfigures(len(results), 1, height_ratios=[h for _, h in sizes])
+    for panel, (name, (result, _)) in zip(panels, results.items()):
+        plot_llm_attribution(result, tokenizer=tokenizer, output_ids=ids, figure=panel, title=name)
+    figure.suptitle(title, fontsize=11)
     return figure
 
 
@@ -164,8 +149,9 @@ def main() -> None:
     table = agreement_table(tokens, rho)
     print("Spearman per output token\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)
-    title = f"SmolLM2-135M, last layer: prompt tokens behind each output token of {target!r}"
-    path = save_figure(draw(results, readable(tokenizer, prompt_ids), title), args.out / "llm_generation.png")
+    title = (f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32), last layer: prompt tokens behind each "
+             f"output token of {target!r}")
+    path = save_figure(draw(results, tokenizer, title), args.out / "llm_generation.png")
     print(f"wrote {path}")
     context = f"Prompt of {len(prompt_ids)} tokens, target {target!r}, SmolLM2-135M, last layer; "
     write_table(args.results_md, "llm_generation", context + "Spearman ρ per output token:\n\n" + table)

@@ -88,30 +88,36 @@ def explain(model, images: torch.Tensor) -> dict[str, torch.Tensor]:
 def draw(
     images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, maps: dict[str, torch.Tensor], path: Path
 ) -> Path:
-    """A grid: one row per digit, the digit then each map over it (each map min–max scaled)."""
+    """A grid: one row per digit, the digit then each map beside it (each map min–max scaled).
+
+    The maps are drawn on their own, not blended over the digit, so every cell has a colour of the
+    colour bar; the digit's outline (pixel intensity 0.5) is a thin cyan contour on each map."""
     from matplotlib.figure import Figure
 
     from captum_attnflow.visualize import save_figure
 
     columns = ["digit", *maps]
-    figure = Figure(figsize=(1.8 * len(columns), 1.8 * len(images)), constrained_layout=True)
+    figure = Figure(figsize=(1.8 * len(columns) + 1.0, 1.8 * len(images) + 0.4), constrained_layout=True)
     axes = figure.subplots(len(images), len(columns), squeeze=False)
     for row in range(len(images)):
         picture = images[row, 0].numpy()
         for column, name in enumerate(columns):
             axis = axes[row][column]
-            axis.imshow(picture, cmap="gray", vmin=0, vmax=1)
-            if name != "digit":
+            if name == "digit":
+                axis.imshow(picture, cmap="gray", vmin=0, vmax=1)
+            else:
                 values = maps[name][row].numpy()
                 span = values.max() - values.min()
                 scaled = (values - values.min()) / span if span > 0 else np.zeros_like(values)
-                overlay = axis.imshow(scaled, cmap="inferno", alpha=0.6, vmin=0, vmax=1)  # perceptual map over grey
+                heat = axis.imshow(scaled, cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
+                axis.contour(picture, levels=[0.5], colors="cyan", linewidths=0.8)
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
                 axis.set_title(name, fontsize=9)
         axes[row][0].set_ylabel(f"label {int(labels[row])}, pred {int(predicted[row])}", fontsize=8)
-    figure.colorbar(overlay, ax=axes[:, 1:].ravel().tolist(), shrink=0.4, label="score, each map min–max scaled")
+    figure.colorbar(heat, ax=axes[:, 1:].ravel().tolist(), shrink=0.4, label="score, each map min–max scaled")
+    figure.supxlabel("cyan line: the digit's outline (pixel intensity 0.5)", fontsize=8)
     return save_figure(figure, path, dpi=110)
 
 

@@ -22,6 +22,7 @@ from captum_attnflow import (  # noqa: E402
     AttentionRollout,
     GradientWeightedRollout,
     LLMAttentionAttribution,
+    LLMAttentionResult,
     RawAttention,
 )
 
@@ -201,8 +202,21 @@ def test_plots_return_figures(tiny):
     model, tokenizer = tiny
     result = LLMAttentionAttribution(AttentionRollout(model), tokenizer).attribute(PROMPT, target=TARGET)
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    for plot in (result.plot_token_attr, result.plot_seq_attr):
+    assert isinstance(result, LLMAttentionResult) and isinstance(result, LLMAttributionResult)
+    assert result.tokenizer is tokenizer and result.output_token_ids == ids_of(tokenizer, TARGET, special=False)[0].tolist()
+    # ours: the readable map; the <s> column (a special first token) on its own panel
+    figure, ax = result.plot_token_attr()
+    assert isinstance(figure, Figure) and ax is figure.axes[0] and ax.get_label() == "band 0"
+    sink = [a for a in figure.axes if a.get_label() == "sink"]
+    assert [t.get_text() for t in sink[0].get_xticklabels()] == ["<s>"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == PROMPT.split()
+    assert [t.get_text().split("  p=")[0] for t in ax.get_yticklabels()] == TARGET.split()
+    figure, ax = result.plot_token_attr(sink="keep", annotate=False)
+    assert len(ax.get_xticklabels()) == len(result.input_tokens) and not ax.texts
+    # Captum's own plots are still there
+    for plot in (lambda: LLMAttributionResult.plot_token_attr(result), result.plot_seq_attr):
         fig, ax = plot()
         assert len(ax.get_xticklabels()) == len(result.input_tokens)
         plt.close(fig)

@@ -154,3 +154,74 @@ def test_report_explorer_in_headless_chromium(tmp_path):
             assert requests == [url], requests
         finally:
             browser.close()
+
+
+def _browser(playwright):
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium (as .ci/run does)")
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+
+
+def test_report_opens_on_a_correct_prediction_warns_on_wrong_ones_and_fits_400px(tmp_path):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the browser test needs the playwright package: pip install -e '.[dev]'")
+    rng = np.random.default_rng(1)
+    methods = [ExplorerMethod("flow", "flow, [CLS] row", ("L1", "L2"))]
+    long_title = " ".join(["the keys to the cabinet on the table near the windows of the old house"] * 3)
+    examples = [
+        ExplorerExample("the keys to the cabinet is", ["[CLS]", "the", "keys"], {"flow": rng.random((2, 3))},
+                        prediction="singular", probability=0.97, gold="plural"),
+        ExplorerExample("the key to the cabinets is", ["[CLS]", "the", "key"], {"flow": rng.random((2, 3))},
+                        prediction="singular", probability=0.91, gold="singular"),
+        ExplorerExample(long_title, ["[CLS]", *long_title.split()], {"flow": rng.random((2, 1 + len(long_title.split())))},
+                        info="a long sentence " * 12),
+    ]
+    assert [e.correct for e in examples] == [False, True, None]
+    path = write_report(tmp_path / "report.html", "Report", MARKDOWN.replace("![A figure](figure.png)", ""),
+                        explorer=(methods, examples))
+    with sync_playwright() as playwright:
+        browser = _browser(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 400, "height": 900})
+            errors = []
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(path.as_uri())
+            page.wait_for_selector("#explorer-tokens .tok", timeout=10_000)
+            # opens on the first example the model gets right, says what it predicted
+            assert page.input_value("#explorer-example") == "1"
+            assert page.text_content("#explorer-outcome") == "predicted singular (p=0.910), gold singular"
+            assert page.is_hidden("#explorer-warning")
+            options = page.eval_on_selector_all("#explorer-example option", "o => o.map(x => x.textContent)")
+            assert options[0].startswith("1. ✗ wrong: ") and options[1].startswith("2. the key")
+            # no horizontal overflow at a 400 px viewport (wide tables scroll inside their own box)
+            for index in ("1", "0", "2"):
+                page.select_option("#explorer-example", index)
+                assert page.evaluate("document.documentElement.scrollWidth") <= 400, index
+            # a wrong prediction: a visible warning naming prediction and gold
+            page.select_option("#explorer-example", "0")
+            assert page.is_visible("#explorer-warning")
+            warning = page.text_content("#explorer-warning")
+            assert "wrong" in warning and "predicted singular (p=0.970), gold plural" in warning
+            page.select_option("#explorer-example", "2")  # no prediction: nothing shown
+            assert page.text_content("#explorer-outcome") == "" and page.is_hidden("#explorer-warning")
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_report_of_the_first_test_fits_400px(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    path, _, _ = _report(tmp_path)
+    with sync_playwright() as playwright:
+        browser = _browser(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 400, "height": 900})
+            page.goto(path.as_uri())
+            page.wait_for_selector("#explorer-tokens .tok", timeout=10_000)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 400
+        finally:
+            browser.close()

@@ -559,3 +559,22 @@ def test_vit_digits_example_maps_and_figure(tmp_path):
     torch.testing.assert_close(maps["rollout"][:, ::2, ::2], cls_rollout, atol=1e-5, rtol=1e-4)
     path = example.draw(images, torch.tensor([0, 1]), torch.tensor([0, 1]), maps, tmp_path / "digits.png")
     assert path.stat().st_size > 1000
+
+
+def test_study_curve_figures_label_the_chance_line_and_start_at_zero(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    from captum_attnflow.studies import plots
+
+    made = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path, dpi=150: made.append(figure) or Path(path))
+    plots.plot_layer_curves({"agree": {"raw": np.array([0.2, 0.8])}}, tmp_path / "a.png", ylabel="share")
+    axis = made[-1].axes[0]
+    chance = [line for line in axis.get_lines() if line.get_label() == "chance (0.5)"]
+    assert len(chance) == 1 and list(chance[0].get_ydata()) == [0.5, 0.5]
+    assert "chance (0.5)" in [t.get_text() for t in made[-1].legends[0].get_texts()]
+    plots.plot_referent_layers({"raw": np.array([[0.1, 0.2], [0.3, 0.1]]), "flow": np.array([[0.03, 0.05], [0.1, 0.12]])},
+                               ["author", "Sara"], tmp_path / "b.png")
+    assert all(ax.get_ylim()[0] == 0 for ax in made[-1].axes) and isinstance(made[-1], Figure)

@@ -194,3 +194,174 @@ def test_each_commands_explorer_data_carries_its_scores():
               "scores": {"rollout": rng.random((6, 3)).tolist(), "ig": rng.random(3).tolist(), "blank_out": rng.random(3).tolist()}}
     methods, examples = evaluation_explorer([record], [[], [0, 5, 2, 9]], lambda ids: [f"w{i}" for i in ids])
     assert [m.layers[-1] for m in methods] == ["L6", "all layers", "all layers"] and examples[0].tokens == ["w0", "w5", "w2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# plot_llm_attribution: Captum LLMAttributionResult maps
+# ---------------------------------------------------------------------------------------------
+
+from captum.attr import LLMAttributionResult  # noqa: E402
+from matplotlib.colors import LogNorm, SymLogNorm  # noqa: E402
+
+from captum_attnflow.visualize import (  # noqa: E402
+    DIVERGING_CMAP,
+    SEQUENTIAL_CMAP,
+    find_sink_columns,
+    llm_token_labels,
+    plot_llm_attribution,
+)
+
+BYTE_TOKENS = ["Marie", "ĠCur", "ie", "Ġwas", "Ċ", "Ġ", "Ã¨", "ĠcafÃ©"]
+
+
+def llm_result(scores, tokens=None, outputs=None, probs=None):
+    scores = torch.as_tensor(scores, dtype=torch.float32)
+    tokens = tokens or [f"Ġt{j}" for j in range(scores.shape[1])]
+    outputs = outputs or [f" o{i}" for i in range(scores.shape[0])]
+    return LLMAttributionResult(input_tokens=tokens, output_tokens=outputs, seq_attr=scores.sum(0),
+                                token_attr=scores, output_probs=probs)
+
+
+def maps(figure):
+    """The heat-map axes by label (bands and the sink panel; colour bars left out)."""
+    return {ax.get_label(): ax for ax in figure.axes if ax.get_label().startswith(("band", "sink"))}
+
+
+def tick_texts(axes, which="x"):
+    return [t.get_text() for t in (axes.get_xticklabels() if which == "x" else axes.get_yticklabels())]
+
+
+def test_llm_token_labels_decode_byte_level_pieces():
+    assert llm_token_labels(BYTE_TOKENS) == ["Marie", "␣Cur", "ie", "␣was", "↵", "␣", "è", "␣café"]
+    # already decoded strings (Captum's output_tokens) and SentencePiece pieces get the same marks
+    assert llm_token_labels([" Paris", "\n", "\tx", "▁the"]) == ["␣Paris", "↵", "⇥x", "␣the"]
+    # special tokens stay; half a UTF-8 character shows the replacement mark; long labels are cut
+    assert llm_token_labels(["<|endoftext|>", "Ã", "Ġ" + "a" * 30], max_chars=8) == ["<|endof…", "�", "␣aaaaaa…"]
+    # plain text with accents is not mistaken for byte-level pieces
+    assert llm_token_labels(["café", "naïve"]) == ["café", "naïve"]
+
+
+def test_llm_token_labels_use_the_tokenizer_for_its_own_tokens():
+    class Tok:
+        def get_vocab(self):
+            return {"Ġwas": 1}
+
+        def convert_tokens_to_string(self, tokens):
+            return "<" + "".join(tokens).replace("Ġ", " ") + ">"
+
+    assert llm_token_labels(["Ġwas", "ĠCur"], Tok()) == ["< was>", "␣Cur"]
+
+
+def test_find_sink_columns():
+    rollout = np.full((3, 6), 1e-4)
+    rollout[:, 0] = 0.999
+    assert find_sink_columns(rollout) == [0]
+    flat = np.full((3, 6), 0.1)
+    flat[:, 3] = 0.3  # 3x the others: below the default 4x
+    assert find_sink_columns(flat) == [] and find_sink_columns(flat, dominance=2.0) == [3]
+    assert find_sink_columns(flat, ["<s>", *"abcde"]) == [0]  # a special first token of attention shares
+    assert find_sink_columns(flat - 0.2, ["<s>", *"abcde"]) == []  # ... but not of signed scores
+
+
+def test_plot_llm_attribution_non_negative_sequential_with_sink_panel(tmp_path):
+    scores = np.full((2, 5), 0.01)
+    scores[:, 0] = 0.96
+    scores[1, 3] = 0.03
+    result = llm_result(scores, ["Marie", "ĠCur", "ie", "Ġwas", "Ġborn"], [" Paris", "."], probs=torch.tensor([0.5, 0.25]))
+    figure = plot_llm_attribution(result, title="rollout")
+    axes = maps(figure)
+    assert set(axes) == {"band 0", "sink"}
+    band, sink = axes["band 0"], axes["sink"]
+    assert tick_texts(band) == ["␣Cur", "ie", "␣was", "␣born"] and tick_texts(sink) == ["Marie"]
+    assert tick_texts(band, "y") == ["␣Paris  p=0.5", ".  p=0.25"]
+    image = band.images[0]
+    assert image.cmap.name == SEQUENTIAL_CMAP and image.norm.vmin == 0 and image.norm.vmax == pytest.approx(0.03)
+    assert sink.images[0].norm.vmax == pytest.approx(0.96) and sink.images[0].cmap.name == SEQUENTIAL_CMAP
+    np.testing.assert_allclose(sink.images[0].get_array(), scores[:, :1])
+    assert len(band.texts) == 8  # few cells: every value written
+    assert "sink" in band.get_xlabel()
+    assert len(figure.axes) == 4  # band, sink, two colour bars
+    assert figure.get_size_inches()[0] <= 14
+    assert save_figure(figure, tmp_path / "llm.png").stat().st_size > 0
+
+
+def test_plot_llm_attribution_log_and_keep():
+    scores = np.full((2, 5), 1e-6)
+    scores[:, 0] = 0.999
+    result = llm_result(scores)
+    log = maps(plot_llm_attribution(result, sink="log"))
+    assert set(log) == {"band 0"} and len(tick_texts(log["band 0"])) == 5
+    assert isinstance(log["band 0"].images[0].norm, LogNorm)
+    keep = maps(plot_llm_attribution(result, sink="keep"))["band 0"]
+    assert keep.images[0].norm.vmax == pytest.approx(0.999) and not isinstance(keep.images[0].norm, LogNorm)
+    assert isinstance(maps(plot_llm_attribution(llm_result(scores - 0.5), sink="log"))["band 0"].images[0].norm, SymLogNorm)
+    # the sink named by hand; [] turns detection off
+    assert tick_texts(maps(plot_llm_attribution(result, sink_columns=[-1]))["sink"]) == ["␣t4"]
+    assert set(maps(plot_llm_attribution(result, sink_columns=[]))) == {"band 0"}
+
+
+def test_plot_llm_attribution_signed_is_diverging_and_symmetric():
+    scores = np.array([[0.5, -2.0, 1.0], [0.1, 0.2, -0.3]])
+    band = maps(plot_llm_attribution(llm_result(scores)))["band 0"]
+    image = band.images[0]
+    assert image.cmap.name == DIVERGING_CMAP and image.norm.vmin == -2.0 and image.norm.vmax == 2.0
+    assert tick_texts(band, "y") == ["␣o0", "␣o1"]  # no probabilities given
+
+
+def test_plot_llm_attribution_long_prompt_wraps_and_caps_the_width():
+    rng = np.random.default_rng(0)
+    scores = rng.random((5, 150)) * 0.01
+    scores[:, 0] = 0.95
+    figure = plot_llm_attribution(llm_result(scores))
+    axes = maps(figure)
+    bands = [axes[f"band {i}"] for i in range(len(axes) - 1)]
+    sizes = [len(tick_texts(b)) for b in bands]
+    assert sum(sizes) == 149 and len(set(sizes[:-1])) == 1 and 0 <= sizes[0] - sizes[-1] < len(sizes)  # + the sink
+    assert sizes[0] <= 50  # cells >= 0.24 in
+    assert figure.get_size_inches()[0] <= 14 and not any(b.texts for b in bands)  # many cells: no numbers
+    assert bands[0].get_xticklabels()[0].get_rotation() == 90
+    assert [len(tick_texts(maps(plot_llm_attribution(llm_result(scores), wrap=30))[f"band {i}"])) for i in range(5)] == [30] * 4 + [29]
+
+
+def test_plot_llm_attribution_seq_attr_only_and_errors():
+    result = LLMAttributionResult(input_tokens=["Ġa", "Ġb"], output_tokens=[" c"], seq_attr=torch.tensor([0.2, 0.8]))
+    band = maps(plot_llm_attribution(result))["band 0"]
+    assert tick_texts(band, "y") == ["(whole output)"]
+    for kwargs, message in [(dict(sink="hide"), "sink must be one of"), (dict(wrap=0), "wrap must be"),
+                            (dict(sink_columns=[5]), "sink_columns has 5")]:
+        with pytest.raises(ValueError, match=message):
+            plot_llm_attribution(result, **kwargs)
+    with pytest.raises(ValueError, match="output_ids has 2 ids for 1 output tokens"):
+        plot_llm_attribution(llm_result([[0.2, 0.8]]), output_ids=[1, 2])
+
+
+def test_layer_heatmaps_log_scale_shows_a_sink_and_the_rest():
+    per_layer = {"rollout": np.array([[[0.99, 1e-3, 1e-6]], [[0.999, 1e-5, 1e-7]]])[:, 0], "flow": np.full((2, 3), 0.3)}
+    figure = layer_heatmaps(per_layer, ["<|endoftext|>", "The", "Ġcat"], log=True, note="first column: the sink")
+    norm = figure.axes[0].images[0].norm
+    assert isinstance(norm, LogNorm) and norm.vmin == pytest.approx(1e-7) and norm.vmax == pytest.approx(0.999)
+    assert figure.axes[1].images[0].norm is norm  # one scale for all panels
+    assert "log scale" in figure.axes[-1].get_ylabel() and figure.get_supxlabel() == "first column: the sink"
+    with pytest.raises(ValueError, match="log=True needs non-negative"):
+        layer_heatmaps({"grad": -np.ones((2, 3))}, ["a", "b", "c"], log=True)
+
+
+def test_grouped_token_heatmap_one_stated_scale_per_group():
+    from captum_attnflow.visualize import grouped_token_heatmap
+
+    tokens = ["el", "##ling", "crazy"]
+    groups = {"share (one scale)": {"raw": [0.5, 0.1, 0.2], "flow": [0.3, 0.3, 0.31]},
+              "‖g‖₂": {"gradient": [2.0, 4.0, 1.0]}, "signed": {"delta": [-1.0, 0.5, 0.0]}}
+    figure = grouped_token_heatmap(groups, tokens, title="one sentence")
+    maps = [ax for ax in figure.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert len(maps) == 3
+    share, gradient, signed = (ax.images[0] for ax in maps)
+    assert (share.norm.vmin, share.norm.vmax) == (0.0, 0.5)  # flow keeps its values: not scaled to its own max
+    np.testing.assert_allclose(share.get_array(), [[0.5, 0.1, 0.2], [0.3, 0.3, 0.31]])
+    assert (gradient.norm.vmin, gradient.norm.vmax) == (0.0, 4.0) and gradient.cmap.name == SEQUENTIAL_CMAP
+    assert (signed.norm.vmin, signed.norm.vmax) == (-1.0, 1.0) and signed.cmap.name == DIVERGING_CMAP
+    bars = [ax.get_ylabel() for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert bars == list(groups)
+    assert tick_texts(maps[-1]) == ["el", "-ling", "crazy"] and tick_texts(maps[0], "y") == ["raw", "flow"]
+    with pytest.raises(ValueError, match="non-empty"):
+        grouped_token_heatmap({"empty": {}}, tokens)

@@ -11,7 +11,7 @@ and the class-specific :class:`GradientWeightedRollout` (Chefer et al. 2021);
 from captum_attnflow.attr.base import AttentionAttribution
 from captum_attnflow.attr.flow import AttentionFlow
 from captum_attnflow.attr.gradient import GradientWeightedRollout
-from captum_attnflow.attr.llm import LLMAttentionAttribution
+from captum_attnflow.attr.llm import LLMAttentionAttribution, LLMAttentionResult
 from captum_attnflow.attr.raw import RawAttention
 from captum_attnflow.attr.rollout import AttentionRollout
 from captum_attnflow.attr.vision import patch_grid
@@ -22,6 +22,7 @@ __all__ = [
     "AttentionRollout",
     "GradientWeightedRollout",
     "LLMAttentionAttribution",
+    "LLMAttentionResult",
     "RawAttention",
     "patch_grid",
 ]

@@ -134,6 +134,46 @@ def target_ids(target, tokenizer, rows: int) -> Tensor:
     return ids.long()
 
 
+class LLMAttentionResult(LLMAttributionResult):
+    """Captum's :class:`~captum.attr.LLMAttributionResult` (every attribute and method kept) whose
+    :meth:`plot_token_attr` is readable: decoded token labels, a sequential colour map for
+    non-negative scores, a width cap for long prompts and the attention-sink column on its own
+    scale (:func:`captum_attnflow.visualize.plot_llm_attribution`). Captum's own plot stays
+    available as ``LLMAttributionResult.plot_token_attr(result)``.
+
+    Args:
+        tokenizer: the model's tokenizer (kept to decode the token labels).
+        output_token_ids: the target's token ids, one per output token (to label each output
+            token exactly, e.g. a lone space, which Captum's readable ``output_tokens`` leave
+            empty). The other arguments are Captum's.
+    """
+
+    def __init__(self, *, tokenizer=None, output_token_ids: Sequence[int] | None = None, **captum_fields) -> None:
+        super().__init__(**captum_fields)
+        self.tokenizer = tokenizer
+        self.output_token_ids = None if output_token_ids is None else [int(i) for i in output_token_ids]
+
+    def plot_token_attr(self, show: bool = False, **options):
+        """Draw :func:`~captum_attnflow.visualize.plot_llm_attribution` (``options`` are its
+        keyword arguments: ``sink="separate" | "log" | "keep"``, ``wrap``, ``annotate``, ...).
+
+        Returns:
+            ``(figure, axes)`` — the figure and the axes of the map's first band — as Captum's
+            method; with ``show=True`` the figure is a ``pyplot`` one, shown, and ``None`` is
+            returned.
+        """
+        from captum_attnflow.visualize import plot_llm_attribution
+
+        if show:
+            import matplotlib.pyplot as plt
+
+            plot_llm_attribution(self, figure=plt.figure(), **options)
+            plt.show()
+            return None
+        figure = plot_llm_attribution(self, **options)
+        return figure, figure.axes[0]
+
+
 class LLMAttentionAttribution(Attribution):
     r"""
     Attention attribution of generated text, mirroring Captum's
@@ -167,7 +207,7 @@ class LLMAttentionAttribution(Attribution):
         >>> llm_attr = LLMAttentionAttribution(AttentionRollout(model), tokenizer)
         >>> result = llm_attr.attribute("The capital of France is", target=" Paris")
         >>> result.token_attr.shape          # (len(output_tokens), len(input_tokens))
-        >>> fig, ax = result.plot_token_attr()
+        >>> fig, ax = result.plot_token_attr()   # readable: see LLMAttentionResult
     """
 
     def __init__(self, attr_method: AttentionAttribution, tokenizer) -> None:
@@ -269,7 +309,7 @@ class LLMAttentionAttribution(Attribution):
         residual: bool = True,
         head_fusion: str = "mean",
         graph: str = "attention",
-    ) -> LLMAttributionResult:
+    ) -> LLMAttentionResult:
         r"""
         Args:
 
@@ -297,7 +337,9 @@ class LLMAttentionAttribution(Attribution):
                         :class:`GradientWeightedRollout`, whose graph is gradient-weighted attention).
 
         Returns:
-            :class:`~captum.attr.LLMAttributionResult` with ``input_tokens`` (the prompt's
+            :class:`LLMAttentionResult` (a Captum
+            :class:`~captum.attr.LLMAttributionResult` whose ``plot_token_attr`` draws
+            :func:`~captum_attnflow.visualize.plot_llm_attribution`) with ``input_tokens`` (the prompt's
             tokens, ``tokenizer.convert_ids_to_tokens``, minus ``skip_tokens``),
             ``output_tokens`` (Captum's readable target tokens), ``token_attr``
             ``(len(output_tokens), len(input_tokens))``, ``seq_attr``
@@ -330,13 +372,15 @@ class LLMAttentionAttribution(Attribution):
         token_attr = rows[:, : prompt.shape[1]]
         if inp.itp_mask is not None:
             token_attr = token_attr[:, inp.itp_mask[0].to(token_attr.device)]
-        return LLMAttributionResult(
+        return LLMAttentionResult(
             seq_attr=token_attr.sum(0),
             token_attr=token_attr,
             input_tokens=inp.values,
             output_tokens=_convert_ids_to_pretty_tokens(target, self.tokenizer),
             output_probs=log_probs.exp(),
             inp=inp,
+            tokenizer=self.tokenizer,
+            output_token_ids=target.tolist(),
         )
 
     def rows(

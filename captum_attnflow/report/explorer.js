@@ -13,7 +13,8 @@
       layerSelect = byId("explorer-layer"), tokensBox = byId("explorer-tokens"), info = byId("explorer-info"),
       detail = byId("explorer-detail"), legendBar = byId("explorer-legend-bar"),
       legendLow = byId("explorer-legend-low"), legendHigh = byId("explorer-legend-high"),
-      layersTable = byId("explorer-layers"), specialBox = byId("explorer-special");
+      layersTable = byId("explorer-layers"), specialBox = byId("explorer-special"),
+      outcomeBox = byId("explorer-outcome"), warning = byId("explorer-warning");
   // light-to-dark sequential map (non-negative scores) and a blue-white-red diverging map
   var SEQUENTIAL = [[255, 247, 236], [254, 217, 166], [253, 174, 97], [236, 112, 20], [178, 55, 5], [102, 30, 4]];
   var DIVERGING = [[33, 102, 172], [146, 197, 222], [247, 247, 247], [244, 165, 130], [178, 24, 43]];
@@ -73,10 +74,26 @@
     return state.method.label + " · " + state.method.layers[layer] + " · token " + (index + 1) + " " +
       JSON.stringify(state.example.raw[index]) + ": " + format(value);
   }
+  // "predicted X (p=0.970), gold Y" of a classified example; "" when there is no prediction
+  function outcome(example) {
+    if (example.prediction === null || example.prediction === undefined) { return ""; }
+    var text = "predicted " + example.prediction;
+    if (example.probability !== null && example.probability !== undefined) {
+      text += " (p=" + Number(example.probability).toFixed(3) + ")";
+    }
+    if (example.gold !== null && example.gold !== undefined) { text += ", gold " + example.gold; }
+    return text;
+  }
   function render() {
     var state = current(), example = state.example, rows = state.rows, excluding = specialBox.checked;
     var s = scale(rows, example.special.map(function (special) { return excluding && special; }));
     info.textContent = example.info || "";
+    if (outcomeBox) { outcomeBox.textContent = outcome(example); }
+    if (warning) {
+      warning.hidden = example.correct !== false;
+      warning.textContent = example.correct === false ? "\u26a0 The model gets this example wrong (" + outcome(example) +
+        "): the scores below explain its wrong prediction." : "";
+    }
     clearChildren(tokensBox);
     example.tokens.forEach(function (text, index) {
       if (index > 0 && example.space[index]) { tokensBox.appendChild(document.createTextNode(" ")); }
@@ -115,7 +132,10 @@
     }
   }
 
-  data.examples.forEach(function (example, index) { option(exampleSelect, index, (index + 1) + ". " + example.title); });
+  data.examples.forEach(function (example, index) {
+    option(exampleSelect, index, (index + 1) + ". " + (example.correct === false ? "\u2717 wrong: " : "") + example.title);
+  });
+  exampleSelect.value = String(data["default"] || 0);
   data.methods.forEach(function (method, index) { option(methodSelect, index, method.label); });
   exampleSelect.addEventListener("change", render);
   methodSelect.addEventListener("change", function () { fillLayers(); render(); });

@@ -56,13 +56,29 @@ class ExplorerExample:
         title: the menu text (the sentence).
         tokens: the ``n`` tokenizer strings (``Ġ``/``▁``/``##`` markers are made readable).
         scores: method key -> ``(len(method.layers), n)`` scores (or ``(n,)`` for one layer).
-        info: one line shown above the tokens (label, prediction, …).
+        info: one line shown above the tokens (label, attractors, …).
+        prediction: the model's predicted class (shown as ``predicted X (p=…), gold Y``);
+            ``None``: not a classification, or unknown.
+        probability: the model's probability of ``prediction``.
+        gold: the correct class. When ``prediction`` and ``gold`` differ the explorer marks
+            the example wrong (a warning above its tokens, ``✗`` in the menu) and opens on the
+            first example that is not wrong.
     """
 
     title: str
     tokens: Sequence[str]
     scores: Mapping[str, np.ndarray]
     info: str = ""
+    prediction: str | None = None
+    probability: float | None = None
+    gold: str | None = None
+
+    @property
+    def correct(self) -> bool | None:
+        """Whether ``prediction == gold``; ``None`` when either is unknown."""
+        if self.prediction is None or self.gold is None:
+            return None
+        return str(self.prediction) == str(self.gold)
 
 
 Explorer = tuple[list[ExplorerMethod], list[ExplorerExample]]
@@ -94,7 +110,8 @@ def _number(value: float) -> float:
 def explorer_payload(
     methods: Sequence[ExplorerMethod], examples: Sequence[ExplorerExample], *, max_examples: int = MAX_EXAMPLES
 ) -> dict:
-    """The explorer's JSON data: ``{"methods": [...], "examples": [...]}`` (first ``max_examples``).
+    """The explorer's JSON data: ``{"methods": [...], "examples": [...], "default": i}`` (first
+    ``max_examples``; ``default``: the example shown first, the first one not predicted wrong).
 
     Raises:
         ValueError: no methods or examples, ``max_examples < 1``, a missing method, scores of
@@ -127,10 +144,15 @@ def explorer_payload(
             "title": str(example.title), "info": str(example.info), "raw": [str(t) for t in example.tokens],
             "tokens": [text for text, _ in pieces], "space": [starts for _, starts in pieces],
             "special": [is_special_token(str(t)) for t in example.tokens], "scores": scores,
+            "prediction": None if example.prediction is None else str(example.prediction),
+            "probability": None if example.probability is None else _number(float(example.probability)),
+            "gold": None if example.gold is None else str(example.gold), "correct": example.correct,
         })
+    default = next((index for index, example in enumerate(out) if example["correct"] is not False), 0)
     return {
         "methods": [{"key": m.key, "label": m.label, "layers": list(m.layers)} for m in methods],
         "examples": out,
+        "default": default,
     }
 
 
@@ -242,6 +264,8 @@ shows the chosen method at every layer.</p>
 <label class="check"><span><input type="checkbox" id="explorer-special"> leave special tokens
 ([CLS], [SEP], &lt;|…|&gt;) out of the colour scale</span></label>
 </div>
+<p id="explorer-outcome"></p>
+<p id="explorer-warning" role="alert" hidden></p>
 <p id="explorer-info"></p>
 <div id="explorer-tokens"></div>
 <div id="explorer-detail" aria-live="polite"></div>

@@ -96,6 +96,8 @@ def plot_referent_layers(
             axis.plot(layers, values[:, column], style, markersize=3, label=label)
         axis.set_title(method, fontsize=9)
         axis.set_xlabel("layer")
+        if (values >= 0).all():
+            axis.set_ylim(bottom=0)  # every panel starts at 0: heights compare across methods
     axes[0][0].set_ylabel("attribution to referent")
     axes[0][-1].legend(fontsize=8)
     if title:
@@ -104,28 +106,36 @@ def plot_referent_layers(
 
 
 def plot_layer_curves(
-    groups: Mapping[str, Mapping[str, np.ndarray]], path: str | Path, *, ylabel: str, title: str = ""
+    groups: Mapping[str, Mapping[str, np.ndarray]],
+    path: str | Path,
+    *,
+    ylabel: str,
+    title: str = "",
+    reference: tuple[float, str] | None = (0.5, "chance (0.5)"),
 ) -> Path:
     """Per-layer curves of several methods and measures in one panel (e.g. shares of sentences).
 
     Args:
         groups: measure -> {method: ``(L,)`` values}; each measure gets its own line style, each
-            method its colour, the legend reads ``"method: measure"``.
+            method its colour, the legend (right of the panel) reads ``"method: measure"``.
         path: the PNG to write.
         ylabel: the y-axis label (the axis spans [0, 1]).
         title: the figure title.
+        reference: ``(value, label)`` of a horizontal reference line, in the legend too
+            (default: 0.5, labelled chance); ``None``: no line.
     """
-    figure = Figure(figsize=(6.4, 3.4), constrained_layout=True)
+    figure = Figure(figsize=(8.4, 3.4), constrained_layout=True)
     axis = figure.subplots()
     for (measure, curves), style in zip(groups.items(), itertools.cycle(("-", "--", ":"))):
         for method, values in curves.items():
             values = np.asarray(values, dtype=float)
             axis.plot(np.arange(1, values.shape[0] + 1), values, style, color=COLORS.get(method), label=f"{method}: {measure}")
-    axis.axhline(0.5, color="black", linewidth=0.5)
+    if reference is not None:
+        axis.axhline(reference[0], color="black", linewidth=0.8, linestyle=":", label=reference[1])
     axis.set_xlabel("layer")
     axis.set_ylabel(ylabel)
     axis.set_ylim(0, 1)
-    axis.legend(fontsize=7)
+    figure.legend(fontsize=7, loc="outside right upper")
     if title:
         axis.set_title(title, fontsize=9)
     return save_figure(figure, path, dpi=110)

@@ -378,14 +378,18 @@ def run(args: argparse.Namespace) -> int:
                 {name: paper.weights[name][row] for name in METHODS}, example.referents,
                 args.out / f"pronoun_example{row + 1}.png", title=title,
             )
-            # Layer × token maps without the first token, the attention sink that takes most of the mass.
-            maps = {name: torch.as_tensor(paper.relevance[name][row][:, 1:]) for name in METHODS}
-            save_figure(layer_heatmaps(maps, paper.tokens[row][1:], title=title), args.out / f"pronoun_layers{row + 1}.png")
+            # Layer × token maps WITH the first token, the attention sink that takes most of the mass
+            # (rollout's almost all of it from layer ~10 on), on a log scale so that the other tokens show.
+            maps = {name: torch.as_tensor(paper.relevance[name][row]) for name in METHODS}
+            note = (f"first column: {paper.tokens[row][0]}, the attention sink (the prefix put before every "
+                    f"sentence); log colour scale so that the other tokens' small shares show")
+            save_figure(layer_heatmaps(maps, paper.tokens[row], title=title, log=True, note=note),
+                        args.out / f"pronoun_layers{row + 1}.png")
         plot_layer_curves(
             {"more weight on the agreeing referent": summary["agree_rate"],
              "prefers it more than raw": summary["beats_raw"]},
             args.out / "pronoun_agreement.png", ylabel="share of sentences",
-            title=f"{summary['sentences']} templated sentences, SmolLM2-135M",
+            title=f"{summary['sentences']} templated sentences, SmolLM2-135M-Instruct",
         )
     from captum_attnflow.report import write_report
     figures = {f"{kind} {row + 1}": f"pronoun_{kind}{row + 1}.png" for row in range(len(paper.examples)) for kind in ("example", "layers")}

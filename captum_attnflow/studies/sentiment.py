@@ -345,21 +345,24 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "table3.json").write_text(json.dumps({"model": info, "sentences": len(texts), "records": records}, indent=2))
     if not args.no_figures:
         from captum_attnflow.studies.plots import plot_layer_correlations
-        from captum_attnflow.visualize import save_figure, token_heatmap
+        from captum_attnflow.visualize import grouped_token_heatmap, save_figure
 
         plot_layer_correlations(records, num_layers, args.out / "sentiment_layers.png", paper=PAPER_TABLE3,
                                 title=f"Spearman ρ per layer, MiniLM-L6 on {len(texts)} movie snippets")
         example = int(np.argmax([len(tokens) if len(tokens) <= 24 else 0 for tokens in result.tokens]))
-        # [CLS] and [SEP] dominate every attention row; the words are shown on their own scale.
+        # [CLS] and [SEP] dominate every attention row; the words are shown without them. Rows that
+        # share a unit share a colour scale (attention shares of the two views, each gradient, blank-out).
         words = slice(1, -1)
-        rows = {f"{name} L{num_layers} ({view})": result.scores[(view, name)][example][-1][words]
-                for view in VIEWS for name in METHODS}
-        rows.update({"gradient |Σ_d g_d|": result.scores["gradient"][example][words],
-                     "gradient ‖g‖₂": result.scores["gradient_l2"][example][words],
-                     "blank-out": result.scores["blank_out"][example][words]})
+        groups = {f"{view} view: share (one scale)": {f"{name} L{num_layers} ({view})":
+                                                       result.scores[(view, name)][example][-1][words]
+                                                       for name in METHODS} for view in VIEWS}
+        groups.update({"|Σ_d g_d|": {"gradient |Σ_d g_d|": result.scores["gradient"][example][words]},
+                       "‖g‖₂": {"gradient ‖g‖₂": result.scores["gradient_l2"][example][words]},
+                       "|Δ p(ŷ)|": {"blank-out": result.scores["blank_out"][example][words]}})
         label = "positive" if result.predictions[example] else "negative"
-        figure = token_heatmap(rows, result.tokens[example][words], annotate=False,
-                               title=f"predicted {label}; [CLS]/[SEP] left out, each row scaled to its max")
+        figure = grouped_token_heatmap(
+            groups, result.tokens[example][words],
+            title=f"predicted {label}; [CLS]/[SEP] left out; one colour scale per panel (its colour bar)")
         save_figure(figure, args.out / "sentiment_example.png")
     from captum_attnflow.report import write_report
     write_report(args.out / "report.html", "Sentiment: Table 3 on a fine-tuned MiniLM", header + tables, image_dir=args.out,

@@ -20,6 +20,9 @@ def agreement_explorer(result, *, limit: int = MAX_EXAMPLES) -> Explorer:
         info = (f"label: {LABEL_NAMES[example.label]} (head noun “{words[example.head]}”); "
                 f"p(correct class) = {scores.probability:.3f}; attractors: "
                 + (", ".join(words[i] for i in example.attractors) or "none"))
-        examples.append(ExplorerExample(" ".join(words), list(example.tokens),
-                                        {**scores.methods, **scores.references}, info))
+        right = scores.probability > 0.5  # two classes: the prediction is the gold class iff p(gold) > 0.5
+        examples.append(ExplorerExample(
+            " ".join(words), list(example.tokens), {**scores.methods, **scores.references}, info,
+            prediction=LABEL_NAMES[example.label if right else 1 - example.label],
+            probability=scores.probability if right else 1.0 - scores.probability, gold=LABEL_NAMES[example.label]))
     return methods, examples

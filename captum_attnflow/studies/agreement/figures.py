@@ -56,28 +56,42 @@ def plot_raw_maps(raw: np.ndarray, tokens: list[str], path: Path) -> Path:
     return _save(fig, path)
 
 
+#: Fig. 2's log colour scale starts here; smaller weights are drawn in its lowest colour.
+LOG_FLOOR = 1e-3
+
+
 def plot_method_maps(maps: dict[str, np.ndarray], tokens: list[str], path: Path) -> Path:
     """Fig. 2. ``maps``: method -> ``(L, n, n)`` full matrices for one example (row = query).
 
-    Token labels on every panel's axes; ONE colour scale (0 to the largest value of any method
-    and layer) and one colour bar for all panels, so raw attention, rollout and flow compare."""
+    ONE colour scale and colour bar for all panels, so raw attention, rollout and flow compare —
+    a LOG scale from :data:`LOG_FLOOR` to the largest value: on a linear scale the first layer's
+    near-one raw weights leave the deep layers' raw attention (≤ 0.2) invisible. Token labels
+    (9 pt) on the left column and the bottom row."""
+    from matplotlib.colors import LogNorm
+    from matplotlib import colormaps
+
     num_layers = next(iter(maps.values())).shape[0]
-    fig = Figure(figsize=(2.5 * num_layers + 1.6, 2.7 * len(maps) + 0.8), constrained_layout=True)
+    n = len(tokens)
+    side = max(2.2, 0.2 * n)
+    fig = Figure(figsize=(side * num_layers + 2.2, side * len(maps) + 1.2), constrained_layout=True)
     axes = fig.subplots(len(maps), num_layers, squeeze=False, sharex=True, sharey=True)
     high = max(float(values.max()) for values in maps.values()) or 1.0
+    norm = LogNorm(vmin=LOG_FLOOR, vmax=max(high, 10 * LOG_FLOOR), clip=False)
+    cmap = colormaps[SEQUENTIAL_CMAP].with_extremes(under=colormaps[SEQUENTIAL_CMAP](0.0))
     for row, (name, values) in enumerate(maps.items()):
         for layer in range(num_layers):
             ax = axes[row, layer]
-            image = ax.imshow(values[layer], cmap=SEQUENTIAL_CMAP, vmin=0, vmax=high)
-            ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=6)
-            ax.set_yticks(range(len(tokens)), tokens, fontsize=6)
-            ax.tick_params(length=1.5, pad=1)
+            image = ax.imshow(np.maximum(values[layer], LOG_FLOOR * 0.5), cmap=cmap, norm=norm)
+            ax.set_xticks(range(n), tokens, rotation=90, fontsize=9)
+            ax.set_yticks(range(n), tokens, fontsize=9)
+            ax.tick_params(length=2, pad=1.5)
             if row == 0:
-                ax.set_title(f"L{layer + 1}")
+                ax.set_title(f"L{layer + 1}", fontsize=12)
             if layer == 0:
-                ax.set_ylabel(f"{METHOD_NAMES[name]}\n(rows = queries)", fontsize=10)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="weight (one scale for all panels)")
-    fig.suptitle("Raw attention vs rollout vs flow across layers (columns = input tokens)")
+                ax.set_ylabel(f"{METHOD_NAMES[name]}\n(rows = queries)", fontsize=12)
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, extend="min")
+    bar.set_label(f"weight, log scale, one scale for all panels (below {LOG_FLOOR:g}: lowest colour)", fontsize=10)
+    fig.suptitle("Raw attention vs rollout vs flow across layers (columns = input tokens)", fontsize=13)
     return _save(fig, path)
 
 
