@@ -5,6 +5,7 @@ from captum_attnflow.attr import (
     AttentionRollout,
     GradientWeightedRollout,
     LLMAttentionAttribution,
+    LLMKeyAblation,
     RawAttention,
     patch_grid,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "FlowCostWarning",
     "GradientWeightedRollout",
     "LLMAttentionAttribution",
+    "LLMKeyAblation",
     "RawAttention",
     "patch_grid",
     "attention_flow",

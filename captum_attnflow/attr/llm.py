@@ -134,7 +134,74 @@ def target_ids(target, tokenizer, rows: int) -> Tensor:
     return ids.long()
 
 
-class LLMAttentionAttribution(Attribution):
+class LLMTextAttribution(Attribution):
+    """What every attribution of generated text here shares with Captum's ``LLMAttribution``:
+    the prompt (a string or ``TextTokenInput``, ``skip_tokens``), the target (a string, token
+    ids, or generated with ``gen_args``) and the length checks. Subclasses implement
+    ``attribute`` and return :class:`~captum.attr.LLMAttributionResult`."""
+
+    def __init__(self, model: nn.Module, tokenizer) -> None:
+        check_tokenizer(tokenizer, model)
+        super().__init__(model)
+        self.model: nn.Module = model
+        self.tokenizer = tokenizer
+        self.device: torch.device = next(model.parameters()).device
+
+    def prompt_input(self, inp, skip_tokens) -> TextTokenInput:
+        """``inp`` as a Captum ``TextTokenInput`` (a string is tokenised with ``skip_tokens``)."""
+        if isinstance(inp, str):
+            if skip_tokens is not None:
+                vocab = self.tokenizer.get_vocab()
+                unknown = [t for t in skip_tokens if isinstance(t, str) and t not in vocab]
+                if unknown:
+                    raise ValueError(f"skip_tokens has tokens the tokenizer does not know: {unknown}; pass "
+                                     f"token strings of its vocabulary (e.g. tokenizer.bos_token) or token ids.")
+            inp = TextTokenInput(inp, self.tokenizer, skip_tokens=skip_tokens)
+        elif isinstance(inp, TextTokenInput):
+            if skip_tokens is not None:
+                raise ValueError("skip_tokens is given twice: inp is a TextTokenInput, which carries its own "
+                                 "skip_tokens; pass them to TextTokenInput(..., skip_tokens=...) only.")
+        else:
+            raise TypeError(
+                f"inp must be a prompt string or a captum.attr.TextTokenInput (one prompt); got "
+                f"{type(inp).__name__}. Other interpretable inputs (TextTemplateInput, ImageMaskInput) have "
+                f"features that are not the prompt's tokens, which attention attributes to."
+            )
+        if inp.inp_tensor.shape[0] != 1 or inp.inp_tensor.shape[1] == 0:
+            raise ValueError(f"inp tokenises to {tuple(inp.inp_tensor.shape)} token ids; pass one non-empty prompt.")
+        if inp.n_itp_features == 0:
+            raise ValueError("skip_tokens removes every prompt token; nothing would be left to attribute to.")
+        return inp
+
+    def check_length(self, tokens: int, what: str) -> None:
+        """Raise ``ValueError`` naming ``what`` when ``tokens`` exceed ``max_position_embeddings``."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit is not None and tokens > limit:
+            raise ValueError(
+                f"{what} has {tokens} tokens, more than the model's maximum of {limit} "
+                f"(config.max_position_embeddings); shorten the prompt or the target."
+            )
+
+    def target_tokens(self, prompt: Tensor, target, gen_args) -> Tensor:
+        """The target's ids ``(T,)``: ``target`` tokenised, or generated from ``prompt`` ``(1, P)``."""
+        rows = self.model.get_input_embeddings().num_embeddings
+        if target is not None:
+            if gen_args is not None:
+                raise ValueError("gen_args is only used to generate a target; pass gen_args=None with a target.")
+            return target_ids(target, self.tokenizer, rows)
+        gen_args = check_gen_args(gen_args)
+        if not callable(getattr(self.model, "generate", None)):
+            raise ValueError(f"target is None but the {type(self.model).__name__} has no generate(); pass the target.")
+        self.check_length(prompt.shape[1] + 1, "inp (plus one generated token)")
+        with torch.no_grad():
+            out = self.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **gen_args)
+        generated = out[0, prompt.shape[1]:].cpu()
+        if generated.numel() == 0:
+            raise ValueError(f"generation with gen_args={gen_args} produced no token; allow max_new_tokens >= 1.")
+        return generated
+
+
+class LLMAttentionAttribution(LLMTextAttribution):
     r"""
     Attention attribution of generated text, mirroring Captum's
     :class:`~captum.attr.LLMAttribution`: wraps :class:`RawAttention`,
@@ -198,65 +265,8 @@ class LLMAttentionAttribution(Attribution):
                 f"config and get_input_embeddings), not on a {type(model).__name__}: the prompt and target are "
                 f"tokenised, generated and run through that model."
             )
-        check_tokenizer(tokenizer, model)
-        super().__init__(model)
+        super().__init__(model, tokenizer)
         self.attr_method = attr_method
-        self.model: nn.Module = model
-        self.tokenizer = tokenizer
-        self.device: torch.device = next(model.parameters()).device
-
-    def prompt_input(self, inp, skip_tokens) -> TextTokenInput:
-        """``inp`` as a Captum ``TextTokenInput`` (a string is tokenised with ``skip_tokens``)."""
-        if isinstance(inp, str):
-            if skip_tokens is not None:
-                vocab = self.tokenizer.get_vocab()
-                unknown = [t for t in skip_tokens if isinstance(t, str) and t not in vocab]
-                if unknown:
-                    raise ValueError(f"skip_tokens has tokens the tokenizer does not know: {unknown}; pass "
-                                     f"token strings of its vocabulary (e.g. tokenizer.bos_token) or token ids.")
-            inp = TextTokenInput(inp, self.tokenizer, skip_tokens=skip_tokens)
-        elif isinstance(inp, TextTokenInput):
-            if skip_tokens is not None:
-                raise ValueError("skip_tokens is given twice: inp is a TextTokenInput, which carries its own "
-                                 "skip_tokens; pass them to TextTokenInput(..., skip_tokens=...) only.")
-        else:
-            raise TypeError(
-                f"inp must be a prompt string or a captum.attr.TextTokenInput (one prompt); got "
-                f"{type(inp).__name__}. Other interpretable inputs (TextTemplateInput, ImageMaskInput) have "
-                f"features that are not the prompt's tokens, which attention attributes to."
-            )
-        if inp.inp_tensor.shape[0] != 1 or inp.inp_tensor.shape[1] == 0:
-            raise ValueError(f"inp tokenises to {tuple(inp.inp_tensor.shape)} token ids; pass one non-empty prompt.")
-        if inp.n_itp_features == 0:
-            raise ValueError("skip_tokens removes every prompt token; nothing would be left to attribute to.")
-        return inp
-
-    def check_length(self, tokens: int, what: str) -> None:
-        """Raise ``ValueError`` naming ``what`` when ``tokens`` exceed ``max_position_embeddings``."""
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if limit is not None and tokens > limit:
-            raise ValueError(
-                f"{what} has {tokens} tokens, more than the model's maximum of {limit} "
-                f"(config.max_position_embeddings); shorten the prompt or the target."
-            )
-
-    def target_tokens(self, prompt: Tensor, target, gen_args) -> Tensor:
-        """The target's ids ``(T,)``: ``target`` tokenised, or generated from ``prompt`` ``(1, P)``."""
-        rows = self.model.get_input_embeddings().num_embeddings
-        if target is not None:
-            if gen_args is not None:
-                raise ValueError("gen_args is only used to generate a target; pass gen_args=None with a target.")
-            return target_ids(target, self.tokenizer, rows)
-        gen_args = check_gen_args(gen_args)
-        if not callable(getattr(self.model, "generate", None)):
-            raise ValueError(f"target is None but the {type(self.model).__name__} has no generate(); pass the target.")
-        self.check_length(prompt.shape[1] + 1, "inp (plus one generated token)")
-        with torch.no_grad():
-            out = self.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **gen_args)
-        generated = out[0, prompt.shape[1]:].cpu()
-        if generated.numel() == 0:
-            raise ValueError(f"generation with gen_args={gen_args} produced no token; allow max_new_tokens >= 1.")
-        return generated
 
     def attribute(
         self,
