@@ -25,7 +25,7 @@ from captum_attnflow.attr import AttentionFlow, AttentionRollout, LLMAttentionAt
 from captum_attnflow.evaluation.llm_metrics import random_scores
 
 #: Integrated-gradients steps of the LayerIntegratedGradients method (cost grows linearly)
-IG_STEPS = 16
+IG_STEPS = 8
 #: random rankings averaged into the "random" reference row
 RANDOM_SEEDS = 3
 
