@@ -82,6 +82,7 @@ def test_prompt_set_has_every_kind_and_known_subjects():
             noun = prompt.text[slice(*prompt.subject)]
             assert noun.isalpha() and noun in prompt.text
     assert [p.kind for p in select_prompts(prompts, 7)] == list(KINDS) + ["factual"]
+    assert KINDS[:2] == ("factual", "agreement")  # a 4-prompt CI run sees an agreement prompt
     with pytest.raises(ValueError, match="choose from"):
         resolve_llm_methods("raw_last,nonsense")
 

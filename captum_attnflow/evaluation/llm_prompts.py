@@ -29,7 +29,7 @@ AGREEMENT_SEED = 17
 AGREEMENT_MAX_WORDS = 14
 #: the verb of each number: (correct, contrast) for singular and plural subjects
 VERBS = {False: (" is", " are"), True: (" are", " is")}
-KINDS = ("factual", "narrative", "dialogue", "code", "lists", "agreement")
+KINDS = ("factual", "agreement", "narrative", "dialogue", "code", "lists")
 
 
 @dataclass(frozen=True)
