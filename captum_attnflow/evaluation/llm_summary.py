@@ -99,11 +99,13 @@ def curves_figure(records: Sequence[dict[str, Any]], methods: Sequence[str], pat
 
     figure = Figure(figsize=(7.5, 4.6))
     ax = figure.subplots()
+    styles = iter(["--", ":", "-."] * 4)
     for method, curve in mean_curves(records, methods).items():
         reference = LLM_METHODS[method].reference
         ax.plot(np.arange(1, curve.size + 1), curve, marker="o", markersize=3.5,
-                linestyle="--" if reference else "-", color="0.45" if reference else None,
+                linestyle=next(styles) if reference else "-", color="0.45" if reference else None,
                 alpha=0.8 if reference else 1.0, label=LLM_METHODS[method].label)
+    ax.xaxis.set_major_locator(__import__("matplotlib.ticker").ticker.MaxNLocator(integer=True))
     ax.set_xlabel("k: top-k prompt tokens removed (as keys, every layer)")
     ax.set_ylabel("mean drop of log p(output token) [nats]")
     ax.set_title(title, fontsize=10)
