@@ -6,6 +6,7 @@ from captum_attnflow.attr import (
     GradientWeightedRollout,
     LLMAttentionAttribution,
     LLMAttentionResult,
+    LLMKeyAblation,
     RawAttention,
     patch_grid,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "GradientWeightedRollout",
     "LLMAttentionAttribution",
     "LLMAttentionResult",
+    "LLMKeyAblation",
     "RawAttention",
     "patch_grid",
     "alti_graph",

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "demo": "captum_attnflow.studies.demo",
     "reproduce": "captum_attnflow.studies.agreement.reproduce",
     "evaluate": "captum_attnflow.evaluation.command",
+    "llm-faithfulness": "captum_attnflow.evaluation.llm_command",
     "sentiment": "captum_attnflow.studies.sentiment",
     "pronoun": "captum_attnflow.studies.pronoun",
 }

@@ -11,7 +11,7 @@ subclass, which computes them with the functional API (:mod:`captum_attnflow.gra
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from captum.attr import Attribution

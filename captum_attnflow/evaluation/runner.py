@@ -308,6 +308,57 @@ def evaluate(
     return result
 
 
+def stream_tasks(
+    store: ResultStore,
+    items: Iterable[tuple[int, Any]],
+    submit: Callable[[int, Any], Any],
+    *,
+    max_in_flight: int,
+    progress=None,
+) -> None:
+    """Run one executor task per item and stream each returned record into ``store``.
+
+    The task loop of a run whose tasks are whole examples (``llm-faithfulness``; ``evaluate``'s
+    model-factory path does the same per batch): items whose index ``store`` already holds as
+    done are skipped (resumption), at most ``max_in_flight`` tasks are pending, and a task that
+    raised in the executor (a dead worker, a refused submission) becomes a ``"lost"`` record,
+    which ``resume`` runs again. A task reports its own bad example as an ``"error"`` record.
+
+    Args:
+        store: the run's :class:`ResultStore` (its lock, config identity and stream).
+        items: ``(index, payload)`` pairs in order.
+        submit: ``submit(index, payload)`` -> a ``Future`` whose result is the example's record
+            (a dict with ``index`` and ``status``), e.g. ``lambda i, p: executor.submit(task, ...)``.
+        max_in_flight: most pending tasks.
+        progress: a tqdm bar (or ``None``).
+    """
+    done = store.done()
+    pending: deque[tuple[int, Any]] = deque()
+
+    def settle(index: int, future) -> None:
+        try:
+            record = future.result()
+        except Exception as error:  # noqa: BLE001 - the worker or the pool died
+            record = {"index": index, "status": "lost", "error": f"task lost: {type(error).__name__}: {error}"}
+        store.write(record)
+        if progress is not None:
+            progress.update(1)
+
+    for index, payload in items:
+        if index in done:
+            continue
+        try:
+            pending.append((index, submit(index, payload)))
+        except Exception as error:  # noqa: BLE001 - a shut-down or broken executor
+            store.write({"index": index, "status": "lost",
+                         "error": f"the executor refused the task: {type(error).__name__}: {error}"})
+            continue
+        while len(pending) > max_in_flight:
+            settle(*pending.popleft())
+    while pending:
+        settle(*pending.popleft())
+
+
 def _model_identity(classifier: Classifier) -> str:
     """SHA-256 over the weights of the classifier's ``nn.Module`` attributes (see ``model_id``)."""
     modules = {name: value for name, value in sorted(vars(classifier).items()) if isinstance(value, nn.Module)}

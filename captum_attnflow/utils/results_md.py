@@ -9,6 +9,7 @@ the README's ``<!-- generated: <name> | command: ... -->`` markers. The names ea
 * ``evaluate``: ``evaluate``
 * ``sentiment``: ``sentiment_table3``
 * ``pronoun``: ``pronoun_agreement``
+* ``llm-faithfulness``: ``llm_faithfulness``
 """
 
 from __future__ import annotations

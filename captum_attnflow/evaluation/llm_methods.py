@@ -1,0 +1,196 @@
+"""The methods ``llm-faithfulness`` compares: one registry, name -> how to score a prompt.
+
+A method is a function ``score(context, prompt, target) -> (T, P)`` numpy array: for each of
+the ``T`` output tokens one score per prompt token (higher: more important). ``context`` is the
+worker's :class:`LLMContext` (the model, its tokenizer, and attribution objects built once).
+
+**Register new methods in :data:`LLM_METHODS` below** (or call :func:`register_llm_method`).
+The attention-graph variants plug in through :func:`attention`, which passes its keywords to the
+attribution class — e.g. ``attention(AttentionRollout, graph="value_norm")`` once the classes
+take ``graph=`` — and a correction of rollout's / flow's positional prior through its
+``transform=`` (a function ``(rows, context, ids) -> rows`` applied to the ``(T, n)`` rows over
+prompt + target before the prompt's columns are kept). The ``--methods`` option takes the names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from captum_attnflow.attr import AttentionFlow, AttentionRollout, LLMAttentionAttribution, LLMKeyAblation, RawAttention
+from captum_attnflow.evaluation.llm_metrics import random_scores
+
+#: Integrated-gradients steps of the LayerIntegratedGradients method (cost grows linearly)
+IG_STEPS = 8
+#: random rankings averaged into the "random" reference row
+RANDOM_SEEDS = 3
+
+
+class LLMContext:
+    """What every method of one worker shares: the model, the tokenizer and built attributions."""
+
+    def __init__(self, model, tokenizer) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.cache: dict[Any, Any] = {}
+
+    def get(self, key: Any, build: Callable[[], Any]) -> Any:
+        if key not in self.cache:
+            self.cache[key] = build()
+        return self.cache[key]
+
+
+Score = Callable[[LLMContext, Tensor, Tensor], np.ndarray]
+
+
+@dataclass(frozen=True)
+class LLMMethod:
+    """One row of the benchmark.
+
+    Attributes:
+        name: the ``--methods`` name. label: the table's text. score: see the module docstring.
+        reference: a baseline ranking (random, earliest-first, latest-first), not an explanation.
+        seeds: for ``random``: how many seeded rankings are averaged (``score`` gets ``seed=``).
+    """
+
+    name: str
+    label: str
+    score: Score
+    reference: bool = False
+    seeds: int = 0
+
+
+def _prompt_rows(rows: Tensor, prompt_length: int) -> np.ndarray:
+    return rows[:, :prompt_length].detach().double().cpu().numpy()
+
+
+def token_input(context: LLMContext, prompt: Tensor):
+    """A Captum ``TextTokenInput`` holding exactly the token ids ``prompt`` ``(P,)``."""
+    from captum.attr import TextTokenInput
+
+    inp = TextTokenInput(context.tokenizer.decode(prompt), context.tokenizer)
+    inp.inp_tensor = inp.itp_tensor = prompt[None].clone().cpu()
+    inp.values = context.tokenizer.convert_ids_to_tokens(prompt.tolist())
+    inp.n_itp_features = prompt.shape[0]
+    return inp
+
+
+def attention(cls, *, layer: int = -1, transform: Callable | None = None, **options) -> Score:
+    """An attention method through :class:`LLMAttentionAttribution` at ``layer``; ``options`` go
+    to ``cls(model, **options)``; ``transform(rows, context, ids)`` post-processes the rows over
+    prompt + target (``(T, n)``) before the prompt's columns are kept (the place of a
+    positional-prior correction)."""
+
+    def score(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndarray:
+        key = (cls.__name__, tuple(sorted(options.items())))
+        method = context.get(key, lambda: LLMAttentionAttribution(cls(context.model, **options), context.tokenizer))
+        ids = torch.cat([prompt, target[:-1]])[None]
+        positions = list(range(prompt.shape[0] - 1, ids.shape[1]))
+        layers = [layer % len(method.attr_method.layer_names)]
+        rows, _ = method.rows(ids, target, positions, layers, None, True, "mean")
+        if transform is not None:
+            rows = transform(rows, context, ids)
+        return _prompt_rows(rows, prompt.shape[0])
+
+    return score
+
+
+def mean_raw_attention(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndarray:
+    """Raw attention (heads averaged) averaged over every layer, from one recorded pass."""
+    method = context.get("raw_all", lambda: RawAttention(context.model))
+    ids = torch.cat([prompt, target[:-1]])[None]
+    positions = list(range(prompt.shape[0] - 1, ids.shape[1]))
+    attentions, mask, _ = method.record(ids, None, head_fusion="mean")
+    matrices = method.graph_rows(attentions, mask, gradients=None, layers=list(range(len(attentions))),
+                                 positions=positions, head=None, residual=True, head_fusion="mean")
+    return _prompt_rows(matrices[0].mean(0)[positions], prompt.shape[0])
+
+
+def layer_integrated_gradients(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndarray:
+    """Captum ``LLMGradientAttribution(LayerIntegratedGradients)`` on the token embeddings."""
+    from captum.attr import LayerIntegratedGradients, LLMGradientAttribution
+
+    model, tokenizer = context.model, context.tokenizer
+    method = context.get("lig", lambda: LLMGradientAttribution(
+        LayerIntegratedGradients(model, model.get_input_embeddings()), tokenizer))
+    inp = token_input(context, prompt)
+    result = method.attribute(inp, target=target.clone(), n_steps=IG_STEPS)
+    return result.token_attr.detach().double().cpu().numpy()
+
+
+def feature_ablation(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndarray:
+    """Captum ``LLMAttribution(FeatureAblation)`` with Captum's default baseline (token id 0)."""
+    from captum.attr import FeatureAblation, LLMAttribution
+
+    model, tokenizer = context.model, context.tokenizer
+    method = context.get("fa", lambda: LLMAttribution(FeatureAblation(model), tokenizer))
+    inp = token_input(context, prompt)
+    result = method.attribute(inp, target=target.clone(), forward_in_tokens=False)
+    return result.token_attr.detach().double().cpu().numpy()
+
+
+def key_ablation(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndarray:
+    """:class:`LLMKeyAblation`: each prompt token removed as a key in every layer."""
+    method = context.get("key_ablation", lambda: LLMKeyAblation(context.model, context.tokenizer))
+    inp = token_input(context, prompt)
+    return method.attribute(inp, target=target.clone()).token_attr.detach().double().cpu().numpy()
+
+
+def earliest_first(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndarray:
+    return np.tile(-np.arange(prompt.shape[0], dtype=np.float64), (target.shape[0], 1))
+
+
+def latest_first(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndarray:
+    return np.tile(np.arange(prompt.shape[0], dtype=np.float64), (target.shape[0], 1))
+
+
+def random_ranking(context: LLMContext, prompt: Tensor, target: Tensor, *, seed: int = 0) -> np.ndarray:
+    keys = [int(v) for v in prompt.tolist()] + [int(v) for v in target.tolist()]
+    return np.stack([random_scores(prompt.shape[0], seed, t, *keys) for t in range(target.shape[0])])
+
+
+#: name -> method. THE place to register methods (graph variants, corrections, peers).
+LLM_METHODS: dict[str, LLMMethod] = {}
+
+
+def register_llm_method(method: LLMMethod) -> LLMMethod:
+    """Add ``method`` to :data:`LLM_METHODS` (its name must be new)."""
+    if method.name in LLM_METHODS:
+        raise ValueError(f"an LLM method named {method.name!r} is already registered.")
+    LLM_METHODS[method.name] = method
+    return method
+
+
+for _method in (
+    LLMMethod("raw_last", "raw attention, last layer", attention(RawAttention)),
+    LLMMethod("raw_mean", "raw attention, mean of layers", mean_raw_attention),
+    LLMMethod("rollout", "rollout (paper's graph), last layer", attention(AttentionRollout)),
+    LLMMethod("flow", "flow (paper's graph), last layer", attention(AttentionFlow)),
+    # graph variants, e.g.:  LLMMethod("rollout_alti", "rollout, ALTI graph", attention(AttentionRollout, graph="alti"))
+    # a positional-prior correction, e.g.: attention(AttentionRollout, transform=uniform_prior_ratio)
+    LLMMethod("lig", f"LayerIntegratedGradients (embeddings, {IG_STEPS} steps)", layer_integrated_gradients),
+    LLMMethod("feature_ablation", "FeatureAblation, Captum default baseline (id 0)", feature_ablation),
+    LLMMethod("key_ablation", "LLMKeyAblation (key removal)", key_ablation),
+    LLMMethod("random", f"random (mean of {RANDOM_SEEDS} seeds)", random_ranking, reference=True, seeds=RANDOM_SEEDS),
+    LLMMethod("earliest", "earliest first", earliest_first, reference=True),
+    LLMMethod("latest", "latest first", latest_first, reference=True),
+):
+    register_llm_method(_method)
+
+DEFAULT_METHODS: tuple[str, ...] = tuple(LLM_METHODS)
+#: the methods a quick run (CI) affords: no integrated gradients, no flow
+QUICK_METHODS: tuple[str, ...] = ("raw_last", "raw_mean", "rollout", "feature_ablation", "key_ablation", "random",
+                                  "earliest", "latest")
+
+
+def resolve_llm_methods(names: str | list[str] | tuple[str, ...]) -> list[LLMMethod]:
+    """Methods by name (a list or a comma-separated string); unknown names list the valid ones."""
+    if isinstance(names, str):
+        names = [part.strip() for part in names.split(",") if part.strip()]
+    unknown = [name for name in names if name not in LLM_METHODS]
+    if unknown or not names:
+        raise ValueError(f"unknown LLM method(s) {unknown or names}; choose from {', '.join(LLM_METHODS)}.")
+    return [LLM_METHODS[name] for name in dict.fromkeys(names)]
