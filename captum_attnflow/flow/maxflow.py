@@ -20,13 +20,16 @@ Solvers are pure functions on numpy arrays::
 from __future__ import annotations
 
 import argparse
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import networkx as nx
 import numba
+import numba.np.ufunc.parallel as numba_parallel
 import numpy as np
 import scipy.sparse
+import torch
 from scipy.sparse.csgraph import maximum_flow
 
 from captum_attnflow.flow import arcs, dinic
@@ -106,6 +109,65 @@ DENSE_ARCS = 2**24
 PROGRESS_BLOCKS = 100
 
 
+def check_threads(threads) -> int | None:
+    """``None`` (automatic) or a positive integer; anything else is an error naming ``threads``."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be a positive integer or None (automatic); got {type(threads).__name__}.")
+    if threads < 1:
+        raise ValueError(f"threads={threads} must be at least 1 (or None for the automatic choice).")
+    return int(threads)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def busy_cpus() -> float:
+    """How many CPUs other runnable tasks occupy right now.
+
+    The number of runnable tasks of ``/proc/loadavg`` (4th field, ``running/total``) minus the
+    calling thread: a snapshot, so that this process's own earlier solves (which the 1-minute
+    load average still counts for a minute) do not count. Without ``/proc``, the 1-minute load
+    average, ``os.getloadavg()[0]``; 0 when neither is available.
+    """
+    try:
+        with open("/proc/loadavg", encoding="ascii") as file:
+            return max(0.0, float(file.read().split()[3].split("/")[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return max(0.0, os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return 0.0
+
+
+def default_threads(work: int) -> int:
+    """The ``"fast"`` solver's thread count when none is given, for ``work`` = tasks × arcs.
+
+    More threads must never be slower. The sinks are dealt out to the threads in fixed shares, so
+    a thread that has to share its core with another busy process makes the whole solve wait for
+    it (``benchmarks/bench_threads.py``, ``docs/results/flow_threads.md``). Hence: 1 thread below
+    :data:`THREADS_MIN_WORK` (starting threads costs more than it saves); otherwise the CPUs this
+    process may use (:func:`usable_cpus`) that no other runnable task occupies
+    (:func:`busy_cpus`), at most ``torch.get_num_threads()`` (the caller's setting) and — when
+    numba's own thread pool is already running — ``numba.get_num_threads()``. Nothing global is
+    read in a way that changes it: numba's thread count is only read once its threading layer has
+    started (starting it resets torch's OpenMP thread count).
+    """
+    if work < THREADS_MIN_WORK:
+        return 1
+    limit = min(usable_cpus(), torch.get_num_threads())
+    if getattr(numba_parallel, "_is_initialized", False):
+        limit = min(limit, numba.get_num_threads())
+    free = int(usable_cpus() - busy_cpus() + 0.5)
+    return max(1, min(limit, free))
+
+
 def cut_capacities(capacities: np.ndarray, sources: np.ndarray, leak: np.ndarray) -> np.ndarray:
     """The smallest of three cuts for every source and sink: ``(len(sources), n)`` float64.
 
@@ -133,9 +195,9 @@ class FastSolver:
         capacities: float32 or float64 ``(l, n, n)``; ``capacities[k-1, i, j]`` is the arc
             ``(k, i) -> (k-1, j)``. float32 is read as is (no float64 copy); arithmetic is float64.
         sources: top-layer nodes.
-        threads: threads sharing the tasks (default: ``numba.get_num_threads()``, the cores, once
-            ``len(tasks)·l·n² >= THREADS_MIN_WORK``, e.g. from ``l = 6``, ``n = 128`` or
-            ``l = 12``, ``n = 80`` for one source; 1 below).
+        threads: threads sharing the tasks (default: :func:`default_threads` of the work
+            ``len(tasks)·l·n²``: 1 below :data:`THREADS_MIN_WORK`, e.g. up to ``l = 6``, ``n = 128``
+            or ``l = 12``, ``n = 80`` for one source; above, the free CPUs).
 
     Memory: the capacities, the arc order (int16, arcs above ``1e-13`` only: about ``l·n²/2`` on
     causal attention) and, per thread, one bit per arc and the flow: dense up to
@@ -181,7 +243,7 @@ class FastSolver:
         work = len(tasks) * self.capacities.size
         threads = self.threads
         if threads is None:  # threads pay only when the work outweighs starting them (~1 ms)
-            threads = numba.get_num_threads() if work >= THREADS_MIN_WORK else 1
+            threads = default_threads(work)
         threads = max(1, min(threads, len(tasks)))
         block = len(tasks) if progress is None else max(threads, -(-len(tasks) // PROGRESS_BLOCKS))
         stop = np.zeros(1, dtype=np.bool_)
@@ -237,8 +299,8 @@ def fast_max_flows(capacities: np.ndarray, source: int) -> np.ndarray:
     """Exact max-flow values by Dinic's algorithm specialised to the layered attention graph.
 
     One Dinic run per sink ``(0, j)``, compiled with numba (``nogil``, kernels in
-    :mod:`captum_attnflow.flow.dinic`); the sinks are shared out over ``numba.get_num_threads()``
-    threads when the graph is big enough to pay (see :class:`FastSolver`). What makes it fast on
+    :mod:`captum_attnflow.flow.dinic`); the sinks are shared out over Python threads when the
+    graph is big enough to pay (:func:`default_threads`, see :class:`FastSolver`). What makes it fast on
     this graph:
 
     * the graph is never built: arcs are read from the dense capacity matrices (float32 read as
