@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -100,6 +101,10 @@ CUT_GAP = 1e-12
 #: ``FastSolver`` uses several threads only from this much work on, counted as
 #: (tasks × arcs) = ``len(tasks)·l·n²`` (~10 ms of solving).
 THREADS_MIN_WORK = 4_000_000
+
+#: With several threads the sinks go out in this many interleaved shares per thread, taken one at a
+#: time, so that a thread sharing its core with another process does less of the work.
+CHUNKS_PER_THREAD = 4
 
 #: Graphs with at most this many arcs keep their flow in a dense float64 array per thread (no
 #: hashing; 128 MiB at most); larger ones in a hash table of the arcs carrying flow.
@@ -249,25 +254,38 @@ class FastSolver:
         stop = np.zeros(1, dtype=np.bool_)
         table_bits = np.zeros(threads, dtype=np.int64)
 
-        def run(thread: int, part: slice) -> None:
-            picked = slice(part.start + thread, part.stop, threads)
-            # contiguous copies: one compiled signature whatever the thread count
-            part_lower, part_upper = np.ascontiguousarray(lower[picked]), np.ascontiguousarray(upper[picked])
-            table_bits[thread] = dinic.solve_sinks(
-                self.capacities, self.order, self.row_start, self.num_arcs, self.class_end, self.into_sink, self.cuts,
-                self.causal, self.sources, np.ascontiguousarray(tasks[picked]), np.ascontiguousarray(slack[picked]),
-                part_lower, part_upper, self.capacities.size <= DENSE_ARCS, table_bits[thread], stop,
-            )
-            lower[picked], upper[picked] = part_lower, part_upper
+        # Several threads deal the sinks out in CHUNKS_PER_THREAD interleaved shares per thread, each
+        # thread taking the next share when it finishes one: a thread slowed down by another busy
+        # process on its core solves fewer shares instead of holding up the whole solve.
+        shares = 1 if threads == 1 else CHUNKS_PER_THREAD * threads
+        lock = threading.Lock()
+
+        def run(thread: int, part: slice, queue) -> None:
+            while True:
+                with lock:
+                    share = next(queue, None)
+                if share is None:
+                    return
+                picked = slice(part.start + share, part.stop, shares)
+                # contiguous copies: one compiled signature whatever the thread count
+                part_lower, part_upper = np.ascontiguousarray(lower[picked]), np.ascontiguousarray(upper[picked])
+                table_bits[thread] = dinic.solve_sinks(
+                    self.capacities, self.order, self.row_start, self.num_arcs, self.class_end, self.into_sink,
+                    self.cuts, self.causal, self.sources, np.ascontiguousarray(tasks[picked]),
+                    np.ascontiguousarray(slack[picked]), part_lower, part_upper, self.capacities.size <= DENSE_ARCS,
+                    table_bits[thread], stop,
+                )
+                lower[picked], upper[picked] = part_lower, part_upper
 
         pool = None if threads == 1 and work < THREADS_MIN_WORK else ThreadPoolExecutor(threads)
         try:
             for start in range(0, len(tasks), block):
                 part = slice(start, min(start + block, len(tasks)))
+                queue = iter(range(min(shares, part.stop - part.start)))
                 if pool is None:  # tiny: solve here (Ctrl-C is seen within ~10 ms anyway)
-                    run(0, part)
+                    run(0, part, queue)
                 else:  # in threads, so that this thread can take Ctrl-C while they solve
-                    for job in [pool.submit(run, thread, part) for thread in range(threads)]:
+                    for job in [pool.submit(run, thread, part, queue) for thread in range(threads)]:
                         job.result()
                 if progress is not None:
                     progress(part.stop - part.start)
