@@ -10,8 +10,9 @@ subclass, which computes them with the functional API (:mod:`captum_attnflow.gra
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from captum.attr import Attribution
@@ -67,6 +68,12 @@ class AttentionAttribution(Attribution):
     Instances are context managers, ``with AttentionRollout(model) as rollout: ...``, like the
     recorder; hooks are only registered while :meth:`attribute` runs and are always removed,
     also when the forward pass raises, so the model is left unchanged either way.
+
+    **Threads.** One instance can be shared by threads: every per-call setting travels with the
+    call as an argument (``options`` of :meth:`attribute_recorded` / :meth:`graph_rows`), never as
+    an attribute of the instance, and what a call leaves behind for its caller (``layer_names``,
+    ``AttentionFlow.gap``) is kept per thread: each thread reads the value of its own last call.
+    Recording one model is serialised between threads (see ``AttentionRecorder``).
     """
 
     #: Whether the method needs every head of every layer (no head fusion inside the hooks).
@@ -118,9 +125,27 @@ class AttentionAttribution(Attribution):
         self.model = forward_func if isinstance(forward_func, nn.Module) else FunctionModule(forward_func, attention_layers)
         self.attention_layers = attention_layers
         self.extractor = extractor
-        #: Qualified names of the attention modules; after :meth:`attribute`, of the layers
-        #: recorded in that forward pass, in the order they ran.
-        self.layer_names: list[str] = AttentionRecorder(self.model, attention_layers, extractor).registered_layers
+        self._local = threading.local()  # what a call leaves for its own thread (see the class docstring)
+        self._registered_names: list[str] = AttentionRecorder(self.model, attention_layers, extractor).registered_layers
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Qualified names of the attention modules; after :meth:`attribute`, of the layers recorded
+        in this thread's last forward pass, in the order they ran."""
+        return getattr(self._local, "layer_names", self._registered_names)
+
+    @layer_names.setter
+    def layer_names(self, names: list[str]) -> None:
+        self._local.layer_names = list(names)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_local", None)  # per-thread results of calls do not travel
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     def __enter__(self) -> "AttentionAttribution":
         return self
@@ -265,6 +290,17 @@ class AttentionAttribution(Attribution):
                         inputs whose batch does not match the attention or the padding mask.
             TypeError: arguments of the wrong type.
         """
+        return self.attribute_with_options(
+            inputs, additional_forward_args, position=position, layer=layer, head=head, residual=residual,
+            head_fusion=head_fusion, graph=graph,
+        )
+
+    def attribute_with_options(
+        self, inputs, additional_forward_args, *, position, layer, head, residual, head_fusion,
+        graph: str = "attention", options=None,
+    ) -> Tensor:
+        """:meth:`attribute` with the method's own per-call settings ``options`` (passed to
+        :meth:`graph_rows` as keyword arguments, e.g. rollout's ``discard_ratio``)."""
         check_graph_options(graph, head, head_fusion)
         contributions = graph != "attention"
         capture_fusion = None if head is not None or self.needs_heads or contributions else head_fusion
@@ -273,7 +309,7 @@ class AttentionAttribution(Attribution):
         recorded = self.record(inputs, additional_forward_args, head_fusion=capture_fusion, contributions=contributions)
         return self.attribute_recorded(
             recorded[0], recorded[1], position=position, layer=layer, head=head, residual=residual,
-            head_fusion=head_fusion, graph=graph, terms=recorded[3] if contributions else None,
+            head_fusion=head_fusion, graph=graph, terms=recorded[3] if contributions else None, options=options,
         )
 
     def graph_rows(
@@ -287,6 +323,7 @@ class AttentionAttribution(Attribution):
         head: int | None,
         residual: bool,
         head_fusion: str,
+        **options,
     ) -> Tensor:
         """The method's matrices at ``layers``: ``(batch, len(layers), n, n)``.
 
@@ -294,7 +331,7 @@ class AttentionAttribution(Attribution):
         other than ``"attention"`` (the functional API takes either). ``attentions`` (and ``gradients``, the target's gradient with respect to them, when the
         method uses gradients) are ``L`` tensors ``(batch, heads, n, n)``; ``mask`` is
         ``(batch, n)`` bool or None. Only rows in ``positions`` (all rows when ``None``) need to
-        be valid.
+        be valid. ``options`` are the method's own per-call settings (none for most methods).
         """
         raise NotImplementedError
 
@@ -311,13 +348,15 @@ class AttentionAttribution(Attribution):
         head_fusion: str,
         graph: str = "attention",
         terms: Sequence | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> Tensor:
         """Token scores from recorded attention; see :meth:`attribute` for the arguments.
 
         ``attentions`` (and ``gradients`` for gradient-weighted methods) are ``L`` tensors
         ``(batch, heads, n, n)``; ``mask`` is a ``(batch, n)`` bool padding mask or None;
         ``terms`` the recorder's ``terms`` (``contributions=True``), needed for ``graph`` other
-        than ``"attention"``.
+        than ``"attention"``; ``options`` the method's own per-call settings, passed on to
+        :meth:`graph_rows`.
         """
         check_head_fusion(head_fusion)
         check_graph_options(graph, head, head_fusion)
@@ -338,7 +377,7 @@ class AttentionAttribution(Attribution):
                 raise ValueError(f"graph={graph!r} needs the recorder's terms: record with contributions=True.")
             source = recorded_graph(graph, attentions, terms, mask=mask)
         try:
-            scores = self.scores(source, mask, gradients, positions, layers, head, residual, head_fusion)
+            scores = self.scores(source, mask, gradients, positions, layers, head, residual, head_fusion, options)
         except RowSumError as error:  # its hint (renormalize=True) is an option of the functional API only
             raise ValueError(
                 f"the recorded attention is not row-stochastic: {str(error).split(' Attention must')[0]}. "
@@ -348,12 +387,13 @@ class AttentionAttribution(Attribution):
             ) from error
         return scores if keep_layer_axis else scores[:, 0]
 
-    def scores(self, attentions, mask, gradients, positions, layers, head, residual, head_fusion) -> Tensor:
+    def scores(self, attentions, mask, gradients, positions, layers, head, residual, head_fusion, options=None) -> Tensor:
         """``(batch, len(layers), ...)`` scores for resolved positions (see :meth:`attribute_recorded`)."""
+        options = dict(options or {})
         if isinstance(positions, str):
             matrices = self.graph_rows(
                 attentions, mask, gradients=gradients, layers=layers, positions=None, head=head,
-                residual=residual, head_fusion=head_fusion,
+                residual=residual, head_fusion=head_fusion, **options,
             )
             scores = matrices if positions == "all" else matrices.amax(dim=-2)
         else:
@@ -369,6 +409,7 @@ class AttentionAttribution(Attribution):
                     None if mask is None else mask[rows],
                     gradients=None if gradients is None else [g[rows] for g in gradients],
                     layers=layers, positions=[value], head=head, residual=residual, head_fusion=head_fusion,
+                    **options,
                 )[:, :, value]
                 if scores is None:
                     scores = sub.new_zeros((positions.shape[0],) + sub.shape[1:])

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from captum_attnflow.attr.base import AttentionAttribution
 from captum_attnflow.flow import check_tol, flow_layers, head_flow
+from captum_attnflow.flow.maxflow import check_threads
 
 
 class AttentionFlow(AttentionAttribution):
@@ -39,6 +40,7 @@ class AttentionFlow(AttentionAttribution):
         extractor: Callable | None = None,
         flow_solver: str = "auto",
         tol: float | None = None,
+        threads: int | None = None,
     ) -> None:
         r"""
         Args:
@@ -55,15 +57,30 @@ class AttentionFlow(AttentionAttribution):
                         score (bounded flow, :func:`captum_attnflow.attention_flow`). After each
                         ``attribute`` call (and after ``LLMAttentionAttribution.attribute`` with
                         this method) :attr:`gap` holds the proven bound reached (``<= tol``; 0 when
-                        exact, up to rounding to the input dtype).
+                        exact, up to rounding to the input dtype) — per thread.
+                        Default: None
+            threads (int, optional): threads of the max-flow solver; ``None`` chooses them
+                        (:func:`captum_attnflow.flow.maxflow.default_threads`).
                         Default: None
         """
         tol = check_tol(tol)
         super().__init__(forward_func, attention_layers, extractor)
         self.flow_solver = flow_solver
         self.tol = tol
-        #: The largest proven error of the scores of the last ``attribute`` call.
-        self.gap = 0.0
+        self.threads = check_threads(threads)
+
+    @property
+    def gap(self) -> float:
+        """The largest proven error of the scores of this thread's last ``attribute`` call.
+
+        Kept per thread (``threading.local``), so threads sharing one instance each read the gap
+        of their own call; a thread that has made no call reads 0.0.
+        """
+        return getattr(self._local, "gap", 0.0)
+
+    @gap.setter
+    def gap(self, value: float) -> None:
+        self._local.gap = float(value)
 
     def attribute_recorded(self, attentions, mask, **kwargs) -> Tensor:
         self.gap = 0.0
@@ -71,7 +88,7 @@ class AttentionFlow(AttentionAttribution):
 
     def graph_rows(self, attentions, mask, *, gradients, layers, positions, head, residual, head_fusion) -> Tensor:
         options = dict(residual=residual, head_fusion=head_fusion, mask=mask, output_positions=positions,
-                       flow_solver=self.flow_solver, tol=self.tol)
+                       flow_solver=self.flow_solver, tol=self.tol, threads=self.threads)
         if head is None:
             values, error, solved, _, _ = flow_layers(attentions, layers=sorted(set(layers)), **options)
             picked = [solved.index(layer) for layer in layers]

@@ -30,10 +30,20 @@ class AttentionRollout(AttentionAttribution):
         ...                                  layer="all")   # (batch, L, n)
     """
 
-    discard_ratio: float = 0.0
-    protected_tokens: int | Sequence[int] = 0
-
-    def attribute(self, inputs, *args, discard_ratio: float = 0.0, protected_tokens: int | Sequence[int] = 0, **kwargs) -> Tensor:
+    def attribute(
+        self,
+        inputs,
+        target=None,
+        additional_forward_args=None,
+        position=None,
+        layer=-1,
+        head: int | None = None,
+        residual: bool = True,
+        head_fusion: str = "mean",
+        graph: str = "attention",
+        discard_ratio: float = 0.0,
+        protected_tokens: int | Sequence[int] = 0,
+    ) -> Tensor:
         r"""
         Same arguments and result as :meth:`AttentionAttribution.attribute`, plus:
 
@@ -48,20 +58,24 @@ class AttentionRollout(AttentionAttribution):
             protected_tokens (int or list[int], optional): tokens whose row and column are
                         never discarded.
                         Default: 0 (the first token, ``[CLS]``)
-        """
-        if discard_ratio and kwargs.get("head", args[4] if len(args) > 4 else None) is not None:
-            raise ValueError("discard_ratio applies to the fused graph; pass head=None to use it, or discard_ratio=0.")
-        self.discard_ratio, self.protected_tokens = discard_ratio, protected_tokens
-        try:
-            return super().attribute(inputs, *args, **kwargs)
-        finally:
-            self.discard_ratio, self.protected_tokens = 0.0, 0
 
-    def graph_rows(self, attentions, mask, *, gradients, layers, positions, head, residual, head_fusion) -> Tensor:
+        Both travel with the call (never stored on the instance), so threads sharing one
+        instance can pass different values.
+        """
+        if discard_ratio and head is not None:
+            raise ValueError("discard_ratio applies to the fused graph; pass head=None to use it, or discard_ratio=0.")
+        return self.attribute_with_options(
+            inputs, additional_forward_args, position=position, layer=layer, head=head, residual=residual,
+            head_fusion=head_fusion, graph=graph,
+            options=dict(discard_ratio=discard_ratio, protected_tokens=protected_tokens),
+        )
+
+    def graph_rows(self, attentions, mask, *, gradients, layers, positions, head, residual, head_fusion,
+                   discard_ratio: float = 0.0, protected_tokens: int | Sequence[int] = 0) -> Tensor:
         if head is None:
             return rollout(
                 attentions, residual=residual, head_fusion=head_fusion, mask=mask,
-                discard_ratio=self.discard_ratio, protected_tokens=self.protected_tokens,
+                discard_ratio=discard_ratio, protected_tokens=protected_tokens,
             )[:, layers]
         return torch.stack(
             [

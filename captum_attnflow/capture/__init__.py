@@ -7,6 +7,7 @@ that :mod:`~captum_attnflow.capture.discovery` finds or the user names, reads fu
 """
 
 from captum_attnflow.capture.discovery import AttentionLayer, discover_attention_layers, select_attention_layers
+from captum_attnflow.capture.passes import attached_recorders
 from captum_attnflow.capture.recorder import AttentionRecorder
 from captum_attnflow.capture.terms import LayerTerms
 from captum_attnflow.capture.sdpa import SDPAInterceptor, sdpa_attention_weights, sdpa_with_weights
@@ -16,6 +17,7 @@ __all__ = [
     "AttentionRecorder",
     "LayerTerms",
     "SDPAInterceptor",
+    "attached_recorders",
     "discover_attention_layers",
     "sdpa_attention_weights",
     "sdpa_with_weights",

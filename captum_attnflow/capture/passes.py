@@ -4,6 +4,7 @@ pass and its completeness check, and the per-model turns that serialise recordin
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from collections.abc import Mapping
@@ -44,39 +45,97 @@ class Pass:
     terms: list = field(default_factory=list)  # terms.LayerTerms per self-attention layer (contributions=True)
 
 
+@dataclass
+class Turn:
+    """The recorders of one thread attached to one model (they may nest)."""
+
+    thread: threading.Thread
+    recorders: "weakref.WeakSet" = field(default_factory=weakref.WeakSet)
+    count: int = 0
+
+
+def _thread_text(thread: threading.Thread) -> str:
+    return f"thread {thread.name!r} (ident {thread.ident})"
+
+
 class ModelTurns:
     """One thread at a time records a given model; recorders of one thread may nest.
 
     torch registers and runs a module's hooks without a lock: a hook registered by one thread
     while another thread is inside the module's forward can be called with the wrong arguments.
     So attaching a recorder waits until recorders attached by other threads on the same model are
-    removed (recording from several threads is serialised per model; different models run freely).
+    removed (recording from several threads is serialised per model; different models run freely)
+    — never forever: a holder thread that has ended is named at once (nothing will remove its
+    recorder), a live one after ``timeout`` seconds. Threads are told apart by their
+    ``threading.Thread`` object, not by their ident, which the OS reuses after a thread ends.
     """
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
-        self._owners: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+        self._turns: "weakref.WeakKeyDictionary[nn.Module, Turn]" = weakref.WeakKeyDictionary()
 
-    def acquire(self, model: nn.Module) -> None:
-        me = threading.get_ident()
-        with self._condition:
-            while model in self._owners and self._owners[model][0] != me:
-                self._condition.wait()
-            owner = self._owners.setdefault(model, [me, 0])
-            owner[1] += 1
+    def acquire(self, model: nn.Module, recorder, timeout: float) -> None:
+        """Give the calling thread a turn on ``model`` for ``recorder`` (see the class docstring).
 
-    def release(self, model: nn.Module) -> None:
+        Raises:
+            RuntimeError: the holder thread has ended without removing its recorder.
+            TimeoutError: the holder thread kept its turn for ``timeout`` seconds.
+        """
+        me = threading.current_thread()
+        deadline = time.monotonic() + timeout
         with self._condition:
-            owner = self._owners.get(model)
-            if owner is None:
+            while model in self._turns and self._turns[model].thread is not me:
+                holder = self._turns[model].thread
+                how = (
+                    f"Remove it: recorder.remove() ends its turn — captum_attnflow.capture.attached_recorders(model) "
+                    f"returns it — and attach recorders with `with AttentionRecorder(model) as recorder:` so they are "
+                    f"always removed."
+                )
+                if not holder.is_alive():
+                    raise RuntimeError(
+                        f"{type(model).__name__} is held by an AttentionRecorder that {_thread_text(holder)} attached "
+                        f"and never removed; that thread has ended, so the recorder would block every other thread "
+                        f"for good. {how}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"waited {timeout:g} s for a turn on {type(model).__name__}: {_thread_text(holder)} has an "
+                        f"AttentionRecorder attached to it (recording one model is serialised between threads). "
+                        f"{how} A longer wait: AttentionRecorder(..., timeout=seconds) or "
+                        f"AttentionRecorder.default_timeout."
+                    )
+                self._condition.wait(min(remaining, 0.25))  # also notice a holder that ends
+            turn = self._turns.setdefault(model, Turn(me))
+            turn.count += 1
+            turn.recorders.add(recorder)
+
+    def release(self, model: nn.Module, recorder) -> None:
+        """End ``recorder``'s turn on ``model`` (from any thread)."""
+        with self._condition:
+            turn = self._turns.get(model)
+            if turn is None:
                 return
-            owner[1] -= 1
-            if owner[1] <= 0:
-                del self._owners[model]
+            turn.recorders.discard(recorder)
+            turn.count -= 1
+            if turn.count <= 0:
+                del self._turns[model]
                 self._condition.notify_all()
+
+    def recorders(self, model: nn.Module) -> list:
+        """The recorders attached to ``model`` (all by one thread)."""
+        with self._condition:
+            turn = self._turns.get(model)
+            return [] if turn is None else list(turn.recorders)
 
 
 MODEL_TURNS = ModelTurns()
+
+
+def attached_recorders(model: nn.Module) -> list:
+    """The :class:`~captum_attnflow.capture.AttentionRecorder` s currently attached to ``model``
+    (by one thread; nested ones included) — e.g. to ``remove()`` one a finished thread left behind."""
+    return MODEL_TURNS.recorders(model)
 
 
 def complete_pass(

@@ -97,7 +97,10 @@ class AttentionRecorder:
     that other threads run meanwhile (through the same model) are left alone: not recorded, not
     intercepted. Several threads can therefore each record one shared model with their own
     recorder (``with AttentionRecorder(model) as recorder:`` in each thread) — the attribution
-    classes do this. One recorder cannot be attached twice at once.
+    classes do this. One recorder cannot be attached twice at once. Threads take turns on a model:
+    ``attach()`` waits for other threads' recorders at most ``timeout`` s, and refuses at once when
+    their thread has ended (:class:`~captum_attnflow.capture.passes.ModelTurns`). Recorders of one
+    thread nest, on SDPA models too (every one gets the weights).
 
     **Padding mask.** ``mask`` is the ``(batch, n)`` padding mask of the pass, ``True`` for real
     tokens: the model call's 2-D ``attention_mask`` (Hugging Face convention, 1 = real token), or
@@ -140,11 +143,15 @@ class AttentionRecorder:
             then return the very tensor that multiplied the values (not a copy).
         contributions: also record what the value-norm and ALTI graphs need (``terms``; see
             :mod:`~captum_attnflow.capture.terms`, which also states the extractor's dict form).
+        timeout: seconds ``attach()`` waits for other threads' recorders on the model; ``None``:
+            :attr:`default_timeout` (30 s, settable on the class).
 
     Raises:
         TypeError, ValueError: invalid arguments, or no attention module found (the message
             lists what was tried and how to pass ``attention_layers=``/``extractor=``).
     """
+
+    default_timeout: float = 30.0  #: seconds ``attach()`` waits when ``timeout=None``
 
     def __init__(
         self,
@@ -154,7 +161,11 @@ class AttentionRecorder:
         head_fusion: str | None = None,
         keep_graph: bool = False,
         contributions: bool = False,
+        timeout: float | None = None,
     ) -> None:
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
+            raise ValueError(f"timeout={timeout!r} must be a number of seconds >= 0, or None for default_timeout.")
+        self.timeout = timeout
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
         if extractor is not None and not callable(extractor):
@@ -185,10 +196,10 @@ class AttentionRecorder:
         self._recorded: Pass | None = None
         self._holds_fastpath = False
         self._holds_turn = False  # this recorder's turn on the model (see _ModelTurns)
-        self._owner: int | None = None  # the thread that attached the hooks
+        self._owner: threading.Thread | None = None  # the thread that attached the hooks
         self._passes_elsewhere = False  # a pass ran in another thread while attached
 
-    # ---- Attaching and removing --------------------------------------------------------------
+    # --- Attaching and removing ---
 
     @property
     def attached(self) -> bool:
@@ -202,9 +213,9 @@ class AttentionRecorder:
                 "this AttentionRecorder is already attached; call remove() first. To record one model "
                 "from several threads, give each thread its own AttentionRecorder."
             )
-        self._owner = threading.get_ident()
+        MODEL_TURNS.acquire(self.model, self, self.default_timeout if self.timeout is None else self.timeout)
+        self._owner = threading.current_thread()
         self._passes_elsewhere = False
-        MODEL_TURNS.acquire(self.model)
         self._holds_turn = True
         try:
             for layer in self._layers:
@@ -234,7 +245,7 @@ class AttentionRecorder:
             RuntimeError: called from another thread while the attaching thread is inside a
                 recorded module (its interception cannot be undone from here).
         """
-        if self._calls and threading.get_ident() != self._owner:
+        if self._calls and not self._in_owner_thread():
             raise RuntimeError(
                 "remove() was called from another thread while the thread that attached this recorder "
                 "is running a recorded module; remove it from the thread that attached it."
@@ -252,7 +263,7 @@ class AttentionRecorder:
             FastPathOff.release()
         if self._holds_turn:
             self._holds_turn = False
-            MODEL_TURNS.release(self.model)
+            MODEL_TURNS.release(self.model, self)
         self._running = None
 
     def __enter__(self) -> "AttentionRecorder":
@@ -265,10 +276,10 @@ class AttentionRecorder:
         """Forget the recorded forward pass."""
         self._recorded = None
 
-    # ---- Hooks -------------------------------------------------------------------------------
+    # --- Hooks ---
 
     def _in_owner_thread(self) -> bool:
-        return threading.get_ident() == self._owner
+        return threading.current_thread() is self._owner
 
     def _pass_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if not self._in_owner_thread():
@@ -326,7 +337,7 @@ class AttentionRecorder:
                 self._running.terms.append(self._terms.collect(call, module, args, kwargs, weights))
         return None if call.mha is None else restore_mha_output(output, call.mha)
 
-    # ---- Turning a call into a recorded layer ------------------------------------------------
+    # --- Turning a call into a recorded layer ---
 
     def _store(self, call: Call, weights: torch.Tensor) -> None:
         layer, running, role = call.layer, self._running, call.role
@@ -355,7 +366,7 @@ class AttentionRecorder:
             running.cross_attentions.append(weights)
             running.cross_layers.append(name)
 
-    # ---- Results -----------------------------------------------------------------------------
+    # --- Results ---
 
     @property
     def registered_layers(self) -> list[str]:

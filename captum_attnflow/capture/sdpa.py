@@ -5,8 +5,9 @@ materialise the ``softmax(Q Kᵀ · scale + mask)`` matrix, so a forward hook ca
 that use SDPA — Hugging Face with ``attn_implementation="sdpa"`` (the default in transformers
 5.x), ``torch.nn.MultiheadAttention`` with ``need_weights=False`` (e.g. inside
 ``nn.TransformerEncoderLayer``), timm's fused ``Attention`` and most hand-written modules — all
-pass through one function. :class:`SDPAInterceptor` catches that call (a
-:class:`torch.overrides.TorchFunctionMode`, active only while a recorded attention module runs)
+pass through one function. :class:`SDPAInterceptor` catches that call (one
+:class:`torch.overrides.TorchFunctionMode` per thread, shared by nested recorders and active only
+while a recorded attention module runs)
 and evaluates it with the explicit math of the SDPA reference implementation instead, so the
 weights it records are exactly the weights that produced the module's output.
 """
@@ -14,6 +15,7 @@ weights it records are exactly the weights that produced the module's output.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable
 
 import torch
@@ -111,16 +113,56 @@ def sdpa_with_weights(
     return torch.matmul(applied, value), weights
 
 
-class SDPAInterceptor(TorchFunctionMode):
+#: Per thread: the interceptors entered and not yet exited, and the one torch function mode that
+#: serves them all (PyTorch's mode stack is per thread too).
+_THREAD = threading.local()
+
+
+def _thread_state():
+    if not hasattr(_THREAD, "listeners"):
+        _THREAD.listeners, _THREAD.mode = [], None
+    return _THREAD
+
+
+class _SharedSDPAMode(TorchFunctionMode):
+    """The torch function mode behind every :class:`SDPAInterceptor` of a thread: evaluates each
+    SDPA call once and hands the weights to every active interceptor."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        listeners = list(_thread_state().listeners)
+        if func is not F.scaled_dot_product_attention or not listeners:
+            return func(*args, **kwargs)
+        call = dict(zip(SDPA_PARAMETERS, args))
+        call.update(kwargs)
+        dropout_p = call.get("dropout_p", 0.0)
+        if dropout_p > 0:
+            raise ValueError(
+                f"{listeners[-1].where} called F.scaled_dot_product_attention with dropout_p={dropout_p} (training "
+                f"mode): the weights that multiply the values are randomly dropped and rescaled, so they "
+                f"form no attention graph. {EVAL_HINT}"
+            )
+        output, weights = sdpa_with_weights(**call)
+        for listener in listeners:
+            listener.on_weights(weights)
+        return output
+
+
+class SDPAInterceptor:
     """Evaluate every ``F.scaled_dot_product_attention`` call by :func:`sdpa_with_weights`.
 
-    While the mode is active, SDPA calls return :func:`sdpa_with_weights`'s output and hand the
-    ``(..., heads, L, S)`` weights to ``on_weights``; every other torch function runs unchanged.
-    A call with ``dropout_p > 0`` (a model in training mode) is refused: the weights that would
-    multiply the values are random, and the recorded softmax would not be them.
+    While the interceptor is entered (``with SDPAInterceptor(on_weights):``), SDPA calls return
+    :func:`sdpa_with_weights`'s output and hand the ``(..., heads, L, S)`` weights to
+    ``on_weights``; every other torch function runs unchanged. A call with ``dropout_p > 0`` (a
+    model in training mode) is refused: the weights that would multiply the values are random,
+    and the recorded softmax would not be them.
 
-    The mode is active in the thread that entered it only (PyTorch keeps one mode stack per
-    thread): enter and exit it in the same thread.
+    Interceptors nest and share (nested recorders, a class called inside an open recorder): one
+    :class:`~torch.overrides.TorchFunctionMode` per thread, entered with the first interceptor
+    and left with the last (reference-counted), evaluates each SDPA call once and hands the same
+    weights to every entered interceptor, in the order they were entered. They may be exited in
+    any order. An interceptor is active in the thread that entered it only: enter and exit it in
+    the same thread.
 
     Args:
         on_weights: called with the weights of each intercepted call.
@@ -131,23 +173,22 @@ class SDPAInterceptor(TorchFunctionMode):
     """
 
     def __init__(self, on_weights: Callable[[torch.Tensor], None], where: str = "a recorded module") -> None:
-        super().__init__()
         self.on_weights = on_weights
         self.where = where
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is not F.scaled_dot_product_attention:
-            return func(*args, **kwargs)
-        call = dict(zip(SDPA_PARAMETERS, args))
-        call.update(kwargs)
-        dropout_p = call.get("dropout_p", 0.0)
-        if dropout_p > 0:
-            raise ValueError(
-                f"{self.where} called F.scaled_dot_product_attention with dropout_p={dropout_p} (training "
-                f"mode): the weights that multiply the values are randomly dropped and rescaled, so they "
-                f"form no attention graph. {EVAL_HINT}"
-            )
-        output, weights = sdpa_with_weights(**call)
-        self.on_weights(weights)
-        return output
+    def __enter__(self) -> "SDPAInterceptor":
+        state = _thread_state()
+        if state.mode is None:
+            mode = _SharedSDPAMode()
+            mode.__enter__()
+            state.mode = mode
+        state.listeners.append(self)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        state = _thread_state()
+        if self in state.listeners:
+            state.listeners.remove(self)
+        if not state.listeners and state.mode is not None:
+            mode, state.mode = state.mode, None
+            mode.__exit__(None, None, None)

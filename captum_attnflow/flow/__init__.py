@@ -8,11 +8,11 @@ cost guard; :mod:`~captum_attnflow.flow.maxflow` the solvers (``"fast"``, ``"sci
 """
 
 from captum_attnflow.flow.api import attention_flow, flow_layers, flow_rows, head_flow
-from captum_attnflow.flow.bounds import BoundedFlow, check_tol, normalised_bounds
+from captum_attnflow.flow.bounds import BoundedFlow, check_tol, normalised_bounds, tol_floor
 from captum_attnflow.flow.cost import COST_WARNING_SECONDS, FlowCostWarning, estimate_seconds
 from captum_attnflow.flow.maxflow import SOLVERS
 
 __all__ = [
     "BoundedFlow", "COST_WARNING_SECONDS", "FlowCostWarning", "SOLVERS", "attention_flow", "check_tol",
-    "estimate_seconds", "flow_layers", "flow_rows", "head_flow", "normalised_bounds",
+    "estimate_seconds", "flow_layers", "flow_rows", "head_flow", "normalised_bounds", "tol_floor",
 ]

@@ -19,14 +19,14 @@ from __future__ import annotations
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Sequence
 
-import numba
 import numpy as np
 import torch
 
-from captum_attnflow.flow.bounds import BoundedFlow, bounded_rows, check_tol
+from captum_attnflow.flow.bounds import BoundedFlow, bounded_rows, check_gap, check_tol, check_tol_floor, graph_rounding
 from captum_attnflow.flow.cost import estimate_seconds, warn_cost
-from captum_attnflow.flow.maxflow import SOLVERS, FastSolver, max_flows
+from captum_attnflow.flow.maxflow import SOLVERS, FastSolver, check_threads, default_threads, max_flows
 from captum_attnflow.graph import check_index, head_graph, prepare_graph, to_output
+from captum_attnflow.utils.attention import attention_layers
 
 #: A group of tasks: ``(graph index, number of layers of the graph to use, output slot, output
 #: positions)``; its rows go to ``out[graph index, output slot, positions]``.
@@ -74,13 +74,15 @@ def flow_rows(
     threads: int | None = None,
     tol: float | None = None,
     progress: Callable[[int], None] | None = None,
+    rounding: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalised flow from the top nodes ``sources`` of ``capacities`` ``(l, n, n)`` to every input.
 
     Padded tokens (``live[j] = False``) are removed from the graph before solving and get 0; a
     padded source gets a zero row. ``tol`` (``"fast"`` solver only; the others are exact) bounds
     the error as in :func:`attention_flow`; ``progress`` is called with a number of single-sink
-    problems done.
+    problems done; ``rounding`` is the relative error of the capacities (:func:`graph_rounding`),
+    added to the proven bounds.
 
     Returns:
         ``(rows, error)``: float64 ``(len(sources), n)`` (live rows sum to 1 up to ``error``) and
@@ -97,7 +99,7 @@ def flow_rows(
         capacities = capacities[:, keep][:, :, keep]
     local = np.searchsorted(keep, [sources[index] for index in solved])
     if method == "fast":
-        values, bounds = bounded_rows(FastSolver(capacities, local, threads), tol, progress)
+        values, bounds = bounded_rows(FastSolver(capacities, local, threads), tol, progress, rounding)
     else:
         raw = max_flows(method, np.ascontiguousarray(capacities), local, threads)
         totals = raw.sum(axis=1, keepdims=True)
@@ -110,38 +112,45 @@ def flow_rows(
     return rows, error
 
 
-def _solve_group(graphs, live, group: Group, method: str, threads, tol, progress=None):
+def _solve_group(graphs, live, group: Group, method: str, threads, tol, progress=None, rounding=0.0):
     index, depth, _, positions = group
     example_live = None if live is None else live[index]
-    return flow_rows(graphs[index, :depth], positions, example_live, method, threads, tol, progress)
+    return flow_rows(graphs[index, :depth], positions, example_live, method, threads, tol, progress, rounding)
 
 
 #: Per-process state of a pool worker (set by ``_init_worker``).
 _SHARED: dict = {}
 
 
-def _init_worker(graphs: np.ndarray, live: np.ndarray | None, method: str, tol: float | None) -> None:
+def _init_worker(graphs: np.ndarray, live: np.ndarray | None, method: str, tol: float | None, rounding: float) -> None:
     """Process-pool initialiser: keep the graphs in the worker (sent once, not once per group)."""
-    _SHARED.update(graphs=graphs, live=live, method=method, tol=tol)
+    _SHARED.update(graphs=graphs, live=live, method=method, tol=tol, rounding=rounding)
 
 
 def _solve_group_in_worker(group: Group):
     """One group in a worker process, on one thread: the workers already share the cores (the
     solvers use no BLAS)."""
-    return _solve_group(_SHARED["graphs"], _SHARED["live"], group, _SHARED["method"], 1, _SHARED["tol"])
+    return _solve_group(_SHARED["graphs"], _SHARED["live"], group, _SHARED["method"], 1, _SHARED["tol"], None,
+                        _SHARED["rounding"])
 
 
 def _solve(graphs: np.ndarray, live: np.ndarray | None, groups: list[Group], method: str, workers: int,
-           progress: bool, tol: float | None):
+           progress: bool, tol: float | None, threads: int | None = None, rounding: float = 0.0):
     """Solve every group of ``graphs`` ``(graphs, L, n, n)``: ``workers`` processes, a cost warning
-    above :data:`COST_WARNING_SECONDS` and an optional tqdm bar counting single-sink problems."""
+    above :data:`COST_WARNING_SECONDS` and an optional tqdm bar counting single-sink problems.
+    ``threads`` is the ``"fast"`` solver's thread count (``None``: :func:`default_threads`)."""
     n = graphs.shape[-1]
     sizes = [n if live is None else int(live[group[0]].sum()) for group in groups]
     problems = [(len(group[3]) * size, group[1] * size * size) for group, size in zip(groups, sizes)]
     processes = min(workers, len(groups))
-    threads = processes if processes > 1 else (numba.get_num_threads() if method == "fast" else 1)
-    warn_cost(estimate_seconds(problems, method, threads), sum(count for count, _ in problems),
-               (max(group[1] for group in groups), n))
+    if processes > 1:
+        estimate_threads = processes
+    elif method == "fast":
+        estimate_threads = threads or default_threads(max(count * arcs for count, arcs in problems))
+    else:
+        estimate_threads = 1
+    warn_cost(estimate_seconds(problems, method, estimate_threads), sum(count for count, _ in problems),
+              (max(group[1] for group in groups), n))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -151,9 +160,11 @@ def _solve(graphs: np.ndarray, live: np.ndarray | None, groups: list[Group], met
     try:
         if processes == 1:
             for group in groups:
-                results.append(_solve_group(graphs, live, group, method, None, tol, None if bar is None else bar.update))
+                update = None if bar is None else bar.update
+                results.append(_solve_group(graphs, live, group, method, threads, tol, update, rounding))
         else:
-            pool = ProcessPoolExecutor(processes, initializer=_init_worker, initargs=(graphs, live, method, tol))
+            pool = ProcessPoolExecutor(processes, initializer=_init_worker,
+                                       initargs=(graphs, live, method, tol, rounding))
             with pool:
                 for (count, _), rows in zip(problems, pool.map(_solve_group_in_worker, groups)):
                     results.append(rows)
@@ -188,11 +199,25 @@ def _graph_arrays(graph: torch.Tensor) -> np.ndarray:
     return graph.numpy()
 
 
+def _bounded_inputs(attentions, tol: float | None):
+    """For bounded flow, the attention in float64 (so the graph is built in float64 from the values
+    as passed: float32 values are exact in float64) and the caller's output format; the tol floor
+    of that format is checked. For exact flow, ``(attentions, None)`` unchanged."""
+    if tol is None:
+        return attentions, None
+    layers, output_format = attention_layers(attentions)
+    batch, heads, n, _ = layers[0].shape
+    check_tol_floor(tol, output_format.dtype, len(layers), heads, n)
+    return [layer.to(torch.float64) for layer in layers], output_format
+
+
 def _result(values: torch.Tensor, error: torch.Tensor, tol: float | None, output_format):
     if tol is None:
         return to_output(values, output_format)
     error = error.cpu().numpy() if output_format.numpy else error
-    return BoundedFlow(to_output(values, output_format), error)
+    result = BoundedFlow(to_output(values, output_format), error)
+    check_gap(result.gap, tol)
+    return result
 
 
 def flow_layers(
@@ -208,6 +233,7 @@ def flow_layers(
     workers: int = 1,
     progress: bool = False,
     tol: float | None = None,
+    threads: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[int], int, object]:
     """:func:`attention_flow` for ``layers`` only: ``(values, error, layer_list, L, output_format)``.
 
@@ -216,10 +242,14 @@ def flow_layers(
     to avoid the ``(batch, L, n, n)`` result of :func:`attention_flow`.
     """
     tol = check_tol(tol)
-    augmented, _, mask, output_format = prepare_graph(
+    threads = check_threads(threads)
+    attentions, bounded_format = _bounded_inputs(attentions, tol)
+    augmented, raw_layers, mask, output_format = prepare_graph(
         attentions, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize
     )
+    output_format = bounded_format or output_format
     batch, num_layers, n, _ = augmented.shape
+    rounding = 0.0 if tol is None else graph_rounding(num_layers, raw_layers[0].shape[1], n)
     layer_list = _indices(layers, num_layers, "layers", "layers")
     positions = _indices(output_positions, n, "output_positions", "positions")
     method = _method(flow_solver)
@@ -227,7 +257,7 @@ def flow_layers(
     graphs = _graph_arrays(augmented)
     live = None if mask is None else mask.cpu().numpy()
     groups = [(b, layer + 1, slot, positions) for b in range(batch) for slot, layer in enumerate(layer_list)]
-    results = _solve(graphs, live, groups, method, workers, progress, tol)
+    results = _solve(graphs, live, groups, method, workers, progress, tol, threads, rounding)
     values, error = _assemble((batch, len(layer_list), n, n), groups, results, output_format.dtype, augmented.device)
     return values, error, layer_list, num_layers, output_format
 
@@ -245,6 +275,7 @@ def attention_flow(
     workers: int = 1,
     progress: bool = False,
     tol: float | None = None,
+    threads: int | None = None,
 ):
     """Attention flow for the requested output positions and layers.
 
@@ -272,7 +303,15 @@ def attention_flow(
             is then within ``tol`` of the exact normalised flow, proven by a feasible flow and a
             cut per max-flow problem (module docstring), and the result carries the error bound
             reached (a :class:`BoundedFlow`). Values are about ``1/n``; choose ``tol`` well below
-            that. Needs the ``"fast"`` solver to save time (the others are exact anyway).
+            that. Needs the ``"fast"`` solver to save time (the others are exact anyway). The graph
+            of bounded flow is built in float64 from the attention as passed and that rounding is
+            part of the proven error; a ``tol`` below :func:`~captum_attnflow.flow.bounds.tol_floor`
+            of the result dtype (float64: 1e-11; float32: 6e-8, the rounding of the values to
+            float32) is refused with a ``ValueError`` naming the floor.
+        threads: threads of the ``"fast"`` solver. ``None`` (default):
+            :func:`~captum_attnflow.flow.maxflow.default_threads` — 1 for small problems, else at
+            most the CPUs this process may use, ``torch.get_num_threads()`` and the CPUs not busy
+            with other runnable processes. Neither torch's nor numba's thread setting is changed.
 
     Returns:
         ``(batch, L, n, n)``: ``out[b, l-1, i, j] = maxflow((l, i) -> (0, j))`` normalised over
@@ -294,6 +333,7 @@ def attention_flow(
     values, error, layer_list, num_layers, output_format = flow_layers(
         attentions, layers=layers, output_positions=output_positions, residual=residual, head_fusion=head_fusion,
         mask=mask, flow_solver=flow_solver, renormalize=renormalize, workers=workers, progress=progress, tol=tol,
+        threads=threads,
     )
     if len(layer_list) < num_layers:
         batch, _, n, _ = values.shape
@@ -318,23 +358,28 @@ def head_flow(
     workers: int = 1,
     progress: bool = False,
     tol: float | None = None,
+    threads: int | None = None,
 ):
     """Per-head "input attention" by flow (appendix A.1).
 
     The graph has the layers below ``layer`` fused single-head (with the residual) and head
     ``h``'s own matrix of ``layer`` (with the residual, row-normalised) as the top layer; the flow
     from ``(layer, i)`` to each input token is computed on that graph and normalised.
-    ``flow_solver``, ``workers``, ``progress`` and ``tol`` are as in :func:`attention_flow`.
+    ``flow_solver``, ``workers``, ``progress``, ``tol`` and ``threads`` are as in :func:`attention_flow`.
 
     Returns:
         ``(batch, heads, n, n)`` (``heads = 1`` when ``head`` is given); unrequested rows NaN.
         With ``tol``: a :class:`BoundedFlow` whose ``error`` is ``(batch, heads, n)``.
     """
     tol = check_tol(tol)
+    threads = check_threads(threads)
+    attentions, bounded_format = _bounded_inputs(attentions, tol)
     augmented, raw_layers, mask, output_format = prepare_graph(
         attentions, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize
     )
+    output_format = bounded_format or output_format
     batch, num_layers, n, _ = augmented.shape
+    rounding = 0.0 if tol is None else graph_rounding(num_layers, raw_layers[0].shape[1], n)
     layer = check_index(layer, num_layers, "layer", "layers")
     top = head_graph(raw_layers, layer, residual=residual, mask=mask)
     heads = list(range(top.shape[1]))
@@ -349,6 +394,6 @@ def head_flow(
     graphs = graphs.reshape(batch * len(heads), layer + 1, n, n)
     live = None if mask is None else np.repeat(mask.cpu().numpy(), len(heads), axis=0)
     groups = [(g, layer + 1, 0, positions) for g in range(batch * len(heads))]
-    results = _solve(graphs, live, groups, method, workers, progress, tol)
+    results = _solve(graphs, live, groups, method, workers, progress, tol, threads, rounding)
     values, error = _assemble((batch * len(heads), 1, n, n), groups, results, output_format.dtype, augmented.device)
     return _result(values.reshape(batch, len(heads), n, n), error.reshape(batch, len(heads), n), tol, output_format)

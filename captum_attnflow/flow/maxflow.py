@@ -20,13 +20,17 @@ Solvers are pure functions on numpy arrays::
 from __future__ import annotations
 
 import argparse
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import networkx as nx
 import numba
+import numba.np.ufunc.parallel as numba_parallel
 import numpy as np
 import scipy.sparse
+import torch
 from scipy.sparse.csgraph import maximum_flow
 
 from captum_attnflow.flow import arcs, dinic
@@ -98,12 +102,75 @@ CUT_GAP = 1e-12
 #: (tasks × arcs) = ``len(tasks)·l·n²`` (~10 ms of solving).
 THREADS_MIN_WORK = 4_000_000
 
+#: With several threads the sinks go out in this many interleaved shares per thread, taken one at a
+#: time, so that a thread sharing its core with another process does less of the work.
+CHUNKS_PER_THREAD = 4
+
 #: Graphs with at most this many arcs keep their flow in a dense float64 array per thread (no
 #: hashing; 128 MiB at most); larger ones in a hash table of the arcs carrying flow.
 DENSE_ARCS = 2**24
 
 #: With a ``progress`` callback the tasks are solved in about this many blocks (one call each).
 PROGRESS_BLOCKS = 100
+
+
+def check_threads(threads) -> int | None:
+    """``None`` (automatic) or a positive integer; anything else is an error naming ``threads``."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be a positive integer or None (automatic); got {type(threads).__name__}.")
+    if threads < 1:
+        raise ValueError(f"threads={threads} must be at least 1 (or None for the automatic choice).")
+    return int(threads)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def busy_cpus() -> float:
+    """How many CPUs other runnable tasks occupy right now.
+
+    The number of runnable tasks of ``/proc/loadavg`` (4th field, ``running/total``) minus the
+    calling thread: a snapshot, so that this process's own earlier solves (which the 1-minute
+    load average still counts for a minute) do not count. Without ``/proc``, the 1-minute load
+    average, ``os.getloadavg()[0]``; 0 when neither is available.
+    """
+    try:
+        with open("/proc/loadavg", encoding="ascii") as file:
+            return max(0.0, float(file.read().split()[3].split("/")[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return max(0.0, os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return 0.0
+
+
+def default_threads(work: int) -> int:
+    """The ``"fast"`` solver's thread count when none is given, for ``work`` = tasks × arcs.
+
+    More threads must never be slower. The sinks are dealt out to the threads in fixed shares, so
+    a thread that has to share its core with another busy process makes the whole solve wait for
+    it (``benchmarks/bench_threads.py``, ``docs/results/flow_threads.md``). Hence: 1 thread below
+    :data:`THREADS_MIN_WORK` (starting threads costs more than it saves); otherwise the CPUs this
+    process may use (:func:`usable_cpus`) that no other runnable task occupies
+    (:func:`busy_cpus`), at most ``torch.get_num_threads()`` (the caller's setting) and — when
+    numba's own thread pool is already running — ``numba.get_num_threads()``. Nothing global is
+    read in a way that changes it: numba's thread count is only read once its threading layer has
+    started (starting it resets torch's OpenMP thread count).
+    """
+    if work < THREADS_MIN_WORK:
+        return 1
+    limit = min(usable_cpus(), torch.get_num_threads())
+    if getattr(numba_parallel, "_is_initialized", False):
+        limit = min(limit, numba.get_num_threads())
+    free = int(usable_cpus() - busy_cpus() + 0.5)
+    return max(1, min(limit, free))
 
 
 def cut_capacities(capacities: np.ndarray, sources: np.ndarray, leak: np.ndarray) -> np.ndarray:
@@ -133,9 +200,9 @@ class FastSolver:
         capacities: float32 or float64 ``(l, n, n)``; ``capacities[k-1, i, j]`` is the arc
             ``(k, i) -> (k-1, j)``. float32 is read as is (no float64 copy); arithmetic is float64.
         sources: top-layer nodes.
-        threads: threads sharing the tasks (default: ``numba.get_num_threads()``, the cores, once
-            ``len(tasks)·l·n² >= THREADS_MIN_WORK``, e.g. from ``l = 6``, ``n = 128`` or
-            ``l = 12``, ``n = 80`` for one source; 1 below).
+        threads: threads sharing the tasks (default: :func:`default_threads` of the work
+            ``len(tasks)·l·n²``: 1 below :data:`THREADS_MIN_WORK`, e.g. up to ``l = 6``, ``n = 128``
+            or ``l = 12``, ``n = 80`` for one source; above, the free CPUs).
 
     Memory: the capacities, the arc order (int16, arcs above ``1e-13`` only: about ``l·n²/2`` on
     causal attention) and, per thread, one bit per arc and the flow: dense up to
@@ -181,31 +248,44 @@ class FastSolver:
         work = len(tasks) * self.capacities.size
         threads = self.threads
         if threads is None:  # threads pay only when the work outweighs starting them (~1 ms)
-            threads = numba.get_num_threads() if work >= THREADS_MIN_WORK else 1
+            threads = default_threads(work)
         threads = max(1, min(threads, len(tasks)))
         block = len(tasks) if progress is None else max(threads, -(-len(tasks) // PROGRESS_BLOCKS))
         stop = np.zeros(1, dtype=np.bool_)
         table_bits = np.zeros(threads, dtype=np.int64)
 
-        def run(thread: int, part: slice) -> None:
-            picked = slice(part.start + thread, part.stop, threads)
-            # contiguous copies: one compiled signature whatever the thread count
-            part_lower, part_upper = np.ascontiguousarray(lower[picked]), np.ascontiguousarray(upper[picked])
-            table_bits[thread] = dinic.solve_sinks(
-                self.capacities, self.order, self.row_start, self.num_arcs, self.class_end, self.into_sink, self.cuts,
-                self.causal, self.sources, np.ascontiguousarray(tasks[picked]), np.ascontiguousarray(slack[picked]),
-                part_lower, part_upper, self.capacities.size <= DENSE_ARCS, table_bits[thread], stop,
-            )
-            lower[picked], upper[picked] = part_lower, part_upper
+        # Several threads deal the sinks out in CHUNKS_PER_THREAD interleaved shares per thread, each
+        # thread taking the next share when it finishes one: a thread slowed down by another busy
+        # process on its core solves fewer shares instead of holding up the whole solve.
+        shares = 1 if threads == 1 else CHUNKS_PER_THREAD * threads
+        lock = threading.Lock()
+
+        def run(thread: int, part: slice, queue) -> None:
+            while True:
+                with lock:
+                    share = next(queue, None)
+                if share is None:
+                    return
+                picked = slice(part.start + share, part.stop, shares)
+                # contiguous copies: one compiled signature whatever the thread count
+                part_lower, part_upper = np.ascontiguousarray(lower[picked]), np.ascontiguousarray(upper[picked])
+                table_bits[thread] = dinic.solve_sinks(
+                    self.capacities, self.order, self.row_start, self.num_arcs, self.class_end, self.into_sink,
+                    self.cuts, self.causal, self.sources, np.ascontiguousarray(tasks[picked]),
+                    np.ascontiguousarray(slack[picked]), part_lower, part_upper, self.capacities.size <= DENSE_ARCS,
+                    table_bits[thread], stop,
+                )
+                lower[picked], upper[picked] = part_lower, part_upper
 
         pool = None if threads == 1 and work < THREADS_MIN_WORK else ThreadPoolExecutor(threads)
         try:
             for start in range(0, len(tasks), block):
                 part = slice(start, min(start + block, len(tasks)))
+                queue = iter(range(min(shares, part.stop - part.start)))
                 if pool is None:  # tiny: solve here (Ctrl-C is seen within ~10 ms anyway)
-                    run(0, part)
+                    run(0, part, queue)
                 else:  # in threads, so that this thread can take Ctrl-C while they solve
-                    for job in [pool.submit(run, thread, part) for thread in range(threads)]:
+                    for job in [pool.submit(run, thread, part, queue) for thread in range(threads)]:
                         job.result()
                 if progress is not None:
                     progress(part.stop - part.start)
@@ -237,8 +317,8 @@ def fast_max_flows(capacities: np.ndarray, source: int) -> np.ndarray:
     """Exact max-flow values by Dinic's algorithm specialised to the layered attention graph.
 
     One Dinic run per sink ``(0, j)``, compiled with numba (``nogil``, kernels in
-    :mod:`captum_attnflow.flow.dinic`); the sinks are shared out over ``numba.get_num_threads()``
-    threads when the graph is big enough to pay (see :class:`FastSolver`). What makes it fast on
+    :mod:`captum_attnflow.flow.dinic`); the sinks are shared out over Python threads when the
+    graph is big enough to pay (:func:`default_threads`, see :class:`FastSolver`). What makes it fast on
     this graph:
 
     * the graph is never built: arcs are read from the dense capacity matrices (float32 read as
