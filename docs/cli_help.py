@@ -14,13 +14,16 @@ import os
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent / "results" / "cli_help.md"
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "results" / "cli_help.md"
 WIDTH = "100"  # argparse wraps at the terminal width: fixed here so the text does not depend on it
 
 
 def help_text() -> str:
     """Markdown: ``captum-attnflow --help`` then each subcommand's ``--help`` in a text block."""
     os.environ["COLUMNS"] = WIDTH
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # this checkout's package, not another installed copy
     from captum_attnflow.cli import build_parser
 
     parser = build_parser()

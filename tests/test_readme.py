@@ -150,7 +150,7 @@ def _check_command(command: str, options: dict[str, set[str]], extras: set[str])
     if words[:3] == ["python", "-m", "captum_attnflow"]:
         words = ["captum-attnflow"] + words[3:]
     if words[0] == "captum-attnflow":
-        if len(words) == 1:
+        if len(words) == 1 or words[1:] in (["--help"], ["-h"]):
             return []
         if words[1] not in options:
             return [f"{command!r}: no subcommand {words[1]!r} (have {sorted(options)})"]
@@ -227,8 +227,10 @@ def test_readme_speed_claim_is_the_generated_table():
     """The intro's flow-vs-scipy factors are the real-attention rows of docs/results/flow_speed.md."""
     claim = re.search(r"([\d.]+)× faster than scipy's\s+Dinic at `n = 128` and ([\d.]+)× at `n = 512` on real", TEXT)
     assert claim, "the README intro lost its speed claim (or its wording changed: update this test)"
-    rows = {cells[2]: cells[7] for line in (RESULTS / "flow_speed.md").read_text().splitlines()
-            if (cells := [c.strip() for c in line.strip("|").split("|")])[0] == "real"}
+    table = [[c.strip() for c in line.strip().strip("|").split("|")]
+             for line in (RESULTS / "flow_speed.md").read_text().splitlines() if line.startswith("|")]
+    n, factor = table[0].index("n"), table[0].index("fast vs scipy")
+    rows = {cells[n]: cells[factor] for cells in table if cells[0] == "real"}
     assert (f"{claim[1]}×", f"{claim[2]}×") == (rows["128"], rows["512"])
 
 
