@@ -129,8 +129,9 @@ def text_records(
         tokens: per example the ``n`` token strings (padding included; it is dropped with
             ``mask``).
         mask: optional ``(batch, n)`` padding mask, 1 for real tokens.
-        pred_probs, pred_classes, true_classes: optional, one per example (shown in Captum's
-            table; default NaN / empty).
+        pred_probs: optional, one per example (shown in Captum's table; default NaN).
+        pred_classes: optional, one per example (shown in Captum's table; default empty).
+        true_classes: optional, one per example (shown in Captum's table; default empty).
         attr_class: the label of the attribution column, e.g. the method name or the target.
         normalize: divide each example by its largest absolute score, so the strongest token
             gets full colour (Captum clips colours to [-1, 1]; attention scores are ~1/n).

@@ -138,7 +138,7 @@ def main() -> None:
     target = args.target or (QUICK_TARGET if args.quick else TARGET)
     n_steps = args.n_steps or (4 if args.quick else 32)
 
-    from captum_attnflow.models.gguf import load_gguf_causal_lm
+    from captum_attnflow.models import load_gguf_causal_lm
 
     model, tokenizer = load_gguf_causal_lm()
     prompt_ids = tokenizer(args.prompt)["input_ids"]

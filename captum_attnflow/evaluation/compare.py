@@ -191,7 +191,8 @@ def compare_attributions(
             default ``[CLS]`` (0) for encoders, the last real token for causal models.
             ``"max"`` is allowed when ``target`` is given or the output is ``(batch, classes)``.
         layer: the attention layer of the attention methods (0-based, default the last).
-        residual, head_fusion: as in ``attribute``.
+        residual: as in ``attribute``.
+        head_fusion: as in ``attribute``.
         baseline_token_id: the blank token for ablation, occlusion and the Integrated Gradients
             baseline. Default: ``model.config.pad_token_id`` when the model has one.
         embedding_layer: the module whose output are the token embeddings ``(batch, n, d)``.
@@ -206,7 +207,8 @@ def compare_attributions(
         occlusion_window: tokens per occlusion window.
         forward_func: a function ``f(input_ids, *additional_forward_args)`` to call instead of
             ``model`` (its output, or its ``logits`` field, must be a tensor).
-        attention_layers, extractor: passed to the attention methods (see the recorder).
+        attention_layers: passed to the attention methods (see the recorder).
+        extractor: passed to the attention methods (see the recorder).
         flow_solver: the max-flow solver of :class:`~captum_attnflow.attr.AttentionFlow`.
 
     Returns:

@@ -233,7 +233,9 @@ class ResultTable:
             examples: per-example records, each with ``metrics[method][metric]`` = a list with one
                 value per layer row (``None`` for undefined).
             per_layer: method name -> whether its rows are layers ``1..L``.
-            confidence, resamples, seed: of the bootstrap interval.
+            confidence: the confidence level of the bootstrap interval.
+            resamples: the number of bootstrap resamples.
+            seed: the seed of the bootstrap resampling.
             protocol: the AOPC protocol line (see :func:`~captum_attnflow.evaluation.faithfulness.aopc_protocol`).
         """
         rows = []

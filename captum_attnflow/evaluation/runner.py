@@ -140,7 +140,8 @@ def evaluate(
         position: the query traced by attention methods (``0`` = ``[CLS]``; negative counts from
             each example's end, e.g. ``-1`` for a causal LM's last token), or ``"max"`` for the
             maximum over all query positions per token (the paper's SST-2 protocol).
-        head_fusion, residual: attention-graph options (see :func:`captum_attnflow.rollout`).
+        head_fusion: how the heads are fused in the attention graph (see :func:`captum_attnflow.rollout`).
+        residual: the residual weight of the attention graph (see :func:`captum_attnflow.rollout`).
         gradient_reduction: per-token reduction of the input-gradient reference: ``"l2"``
             (default), ``"abs_sum"`` (``|Σ_d g_d|``, the paper's code) or ``"sum"``. ``abs_sum`` is
             exactly 0 up to rounding for models whose embeddings reach the output only through
@@ -175,7 +176,9 @@ def evaluate(
         progress: show a tqdm bar.
         flow_solver: max-flow solver for flow (``"auto"``: the fastest exact one).
         aopc_batch_size: rows per forward pass when scoring perturbed inputs.
-        confidence, resamples, seed: the bootstrap interval of the table.
+        confidence: the confidence level of the table's bootstrap interval.
+        resamples: the number of bootstrap resamples.
+        seed: the seed of the bootstrap resampling.
         model_id: the identity of the model stored with the run and compared on resume; default
             the SHA-256 of the weights of every ``nn.Module`` attribute of the classifier (a
             custom :class:`Classifier` without one must pass it when ``out`` is given).
