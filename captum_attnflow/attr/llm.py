@@ -126,7 +126,10 @@ class LLMAttentionAttribution(LLMTextAttribution):
                         Default: None
             layer (int, optional): The attention layer the rows are read at (``-1``: last).
                         Default: -1
-            head, residual, head_fusion, graph: As in :meth:`AttentionAttribution.attribute`
+            head: As in :meth:`AttentionAttribution.attribute`.
+            residual: As in :meth:`AttentionAttribution.attribute`.
+            head_fusion: As in :meth:`AttentionAttribution.attribute`.
+            graph: As in :meth:`AttentionAttribution.attribute`
                         (``graph="value_norm"``/``"alti"``: the contribution graphs; not with
                         :class:`GradientWeightedRollout`, whose graph is gradient-weighted attention).
 

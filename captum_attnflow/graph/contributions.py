@@ -147,7 +147,10 @@ def alti_matrix(attention: Tensor, values: Tensor, out_proj: Tensor, residual: T
     """One layer's ALTI contributions ``c_ij = max(0, ‖y_i‖₁ − ‖y_i − T_i(x_j)‖₁)`` (module docstring), not normalised.
 
     Args:
-        attention, values, out_proj, mask: as in :func:`value_norm_matrix`.
+        attention: as in :func:`value_norm_matrix`.
+        values: as in :func:`value_norm_matrix`.
+        out_proj: as in :func:`value_norm_matrix`.
+        mask: as in :func:`value_norm_matrix`.
         residual: ``(batch, n, d)`` block input ``x``.
         out_bias: ``(d,)`` output bias ``b_O``; only enters the post-norm variance.
         post_norm: ``(γ, β, eps)`` of the LayerNorm after the residual sum (post-norm blocks), or None.
@@ -227,12 +230,15 @@ def alti_graph(attentions: Sequence[Tensor], values: Sequence[Tensor], out_proj:
     """ALTI graph (Ferrando, Gállego & Costa-jussà, EMNLP 2022): ``M_l = rownorm(c)`` with the residual inside.
 
     Args:
-        attentions, values, out_proj, mask: as in :func:`value_norm_graph`.
+        attentions: as in :func:`value_norm_graph`.
+        values: as in :func:`value_norm_graph`.
+        out_proj: as in :func:`value_norm_graph`.
         residuals: ``L`` block inputs ``x`` ``(batch, n, d)`` (pre-norm: the residual stream
             entering the block, before its norm; post-norm: the block's input).
         out_bias: ``L`` output biases ``(d,)`` (or None entries); only used for the post-norm variance.
         post_norms: ``L`` entries, each None (pre-norm) or ``(γ, β, eps)`` of the LayerNorm applied
             to ``x + attention output`` (post-norm, BERT: ``attention.output.LayerNorm``).
+        mask: as in :func:`value_norm_graph`.
 
     Returns:
         :class:`ContributionGraph` with ``residual_included=True``.
