@@ -23,6 +23,7 @@ from torch import Tensor
 
 from captum_attnflow.attr import AttentionFlow, AttentionRollout, LLMAttentionAttribution, LLMKeyAblation, RawAttention
 from captum_attnflow.evaluation.llm_metrics import random_scores
+from captum_attnflow.flow.prior import divide_prior, positional_prior
 
 #: Integrated-gradients steps of the LayerIntegratedGradients method (cost grows linearly)
 IG_STEPS = 8
@@ -78,11 +79,12 @@ def token_input(context: LLMContext, prompt: Tensor):
     return inp
 
 
-def attention(cls, *, layer: int = -1, transform: Callable | None = None, **options) -> Score:
-    """An attention method through :class:`LLMAttentionAttribution` at ``layer``; ``options`` go
-    to ``cls(model, **options)``; ``transform(rows, context, ids)`` post-processes the rows over
-    prompt + target (``(T, n)``) before the prompt's columns are kept (the place of a
-    positional-prior correction)."""
+def attention(cls, *, layer: int = -1, graph: str = "attention", transform: Callable | None = None,
+              **options) -> Score:
+    """An attention method through :class:`LLMAttentionAttribution` at ``layer`` over ``graph``
+    (``"attention"``, ``"value_norm"``, ``"alti"``); ``options`` go to ``cls(model, **options)``;
+    ``transform(rows, context, ids)`` post-processes the rows over prompt + target (``(T, n)``)
+    before the prompt's columns are kept (the place of a positional-prior correction)."""
 
     def score(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndarray:
         key = (cls.__name__, tuple(sorted(options.items())))
@@ -90,12 +92,26 @@ def attention(cls, *, layer: int = -1, transform: Callable | None = None, **opti
         ids = torch.cat([prompt, target[:-1]])[None]
         positions = list(range(prompt.shape[0] - 1, ids.shape[1]))
         layers = [layer % len(method.attr_method.layer_names)]
-        rows, _ = method.rows(ids, target, positions, layers, None, True, "mean")
+        rows, _ = method.rows(ids, target, positions, layers, None, True, "mean", graph)
         if transform is not None:
             rows = transform(rows, context, ids)
         return _prompt_rows(rows, prompt.shape[0])
 
     return score
+
+
+def uniform_prior(method: str) -> Callable:
+    """A ``transform`` dividing rollout's / flow's rows by their positional prior: the same method
+    on uniform causal attention with the model's number of layers
+    (:func:`~captum_attnflow.flow.prior.positional_prior`, :func:`~captum_attnflow.flow.prior.divide_prior`)."""
+
+    def transform(rows: Tensor, context: LLMContext, ids: Tensor) -> Tensor:
+        n, count = ids.shape[1], rows.shape[0]
+        layers = context.model.config.num_hidden_layers
+        prior = context.get(("prior", method, n, layers), lambda: positional_prior(method, n, layers, list(range(n - count, n))))
+        return divide_prior(rows, prior)
+
+    return transform
 
 
 def mean_raw_attention(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndarray:
@@ -169,7 +185,16 @@ for _method in (
     LLMMethod("raw_mean", "raw attention, mean of layers", mean_raw_attention),
     LLMMethod("rollout", "rollout (paper's graph), last layer", attention(AttentionRollout)),
     LLMMethod("flow", "flow (paper's graph), last layer", attention(AttentionFlow)),
-    # graph variants, e.g.:  LLMMethod("rollout_alti", "rollout, ALTI graph", attention(AttentionRollout, graph="alti"))
+    LLMMethod("raw_value_norm", "raw value-norm (Kobayashi), last layer", attention(RawAttention, graph="value_norm")),
+    LLMMethod("raw_alti", "raw ALTI, last layer", attention(RawAttention, graph="alti")),
+    LLMMethod("rollout_value_norm", "rollout, value-norm graph", attention(AttentionRollout, graph="value_norm")),
+    LLMMethod("rollout_alti", "rollout, ALTI graph", attention(AttentionRollout, graph="alti")),
+    LLMMethod("flow_value_norm", "flow, value-norm graph", attention(AttentionFlow, graph="value_norm")),
+    LLMMethod("flow_alti", "flow, ALTI graph", attention(AttentionFlow, graph="alti")),
+    LLMMethod("rollout_uniform", "rollout ÷ its uniform-attention prior", attention(AttentionRollout, transform=uniform_prior("rollout"))),
+    LLMMethod("flow_uniform", "flow ÷ its uniform-attention prior", attention(AttentionFlow, transform=uniform_prior("flow"))),
+    LLMMethod("rollout_alti_uniform", "rollout (ALTI graph) ÷ uniform prior",
+              attention(AttentionRollout, graph="alti", transform=uniform_prior("rollout"))),
     # a positional-prior correction, e.g.: attention(AttentionRollout, transform=uniform_prior_ratio)
     LLMMethod("lig", f"LayerIntegratedGradients (embeddings, {IG_STEPS} steps)", layer_integrated_gradients),
     LLMMethod("feature_ablation", "FeatureAblation, Captum default baseline (id 0)", feature_ablation),
