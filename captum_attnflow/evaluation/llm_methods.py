@@ -55,6 +55,8 @@ class LLMMethod:
         name: the ``--methods`` name. label: the table's text. score: see the module docstring.
         reference: a baseline ranking (random, earliest-first, latest-first), not an explanation.
         seeds: for ``random``: how many seeded rankings are averaged (``score`` gets ``seed=``).
+        optional: a peer package outside the default install (inseq, lxt): left out of the
+            default methods, and refused up front by name when it cannot be imported.
     """
 
     name: str
@@ -62,6 +64,7 @@ class LLMMethod:
     score: Score
     reference: bool = False
     seeds: int = 0
+    optional: bool = False
 
 
 def _prompt_rows(rows: Tensor, prompt_length: int) -> np.ndarray:
@@ -155,6 +158,17 @@ def key_ablation(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndar
     return method.attribute(inp, target=target.clone()).token_attr.detach().double().cpu().numpy()
 
 
+def peer(name: str) -> Score:
+    """A peer method of :mod:`~captum_attnflow.evaluation.llm_peers` (inseq, AttnLRP) by name."""
+
+    def score(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndarray:
+        from captum_attnflow.evaluation.llm_peers import PEERS
+
+        return PEERS[name](context.model, context.tokenizer, prompt, target)
+
+    return score
+
+
 def earliest_first(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndarray:
     return np.tile(-np.arange(prompt.shape[0], dtype=np.float64), (target.shape[0], 1))
 
@@ -195,17 +209,19 @@ for _method in (
     LLMMethod("flow_uniform", "flow ÷ its uniform-attention prior", attention(AttentionFlow, transform=uniform_prior("flow"))),
     LLMMethod("rollout_alti_uniform", "rollout (ALTI graph) ÷ uniform prior",
               attention(AttentionRollout, graph="alti", transform=uniform_prior("rollout"))),
-    # a positional-prior correction, e.g.: attention(AttentionRollout, transform=uniform_prior_ratio)
     LLMMethod("lig", f"LayerIntegratedGradients (embeddings, {IG_STEPS} steps)", layer_integrated_gradients),
     LLMMethod("feature_ablation", "FeatureAblation, Captum default baseline (id 0)", feature_ablation),
     LLMMethod("key_ablation", "LLMKeyAblation (key removal)", key_ablation),
     LLMMethod("random", f"random (mean of {RANDOM_SEEDS} seeds)", random_ranking, reference=True, seeds=RANDOM_SEEDS),
     LLMMethod("earliest", "earliest first", earliest_first, reference=True),
     LLMMethod("latest", "latest first", latest_first, reference=True),
+    LLMMethod("inseq_attention", "inseq 0.7.1 attention (mean of layers and heads)", peer("inseq_attention"), optional=True),
+    LLMMethod("inseq_value_zeroing", "inseq 0.7.1 value zeroing", peer("inseq_value_zeroing"), optional=True),
+    LLMMethod("attnlrp", "AttnLRP (lxt 2.1)", peer("attnlrp"), optional=True),
 ):
     register_llm_method(_method)
 
-DEFAULT_METHODS: tuple[str, ...] = tuple(LLM_METHODS)
+DEFAULT_METHODS: tuple[str, ...] = tuple(name for name, method in LLM_METHODS.items() if not method.optional)
 #: the methods a quick run (CI) affords: no integrated gradients, no flow
 QUICK_METHODS: tuple[str, ...] = ("raw_last", "raw_mean", "rollout", "feature_ablation", "key_ablation", "random",
                                   "earliest", "latest")
@@ -218,4 +234,11 @@ def resolve_llm_methods(names: str | list[str] | tuple[str, ...]) -> list[LLMMet
     unknown = [name for name in names if name not in LLM_METHODS]
     if unknown or not names:
         raise ValueError(f"unknown LLM method(s) {unknown or names}; choose from {', '.join(LLM_METHODS)}.")
-    return [LLM_METHODS[name] for name in dict.fromkeys(names)]
+    from captum_attnflow.evaluation.llm_peers import peer_available
+
+    methods = [LLM_METHODS[name] for name in dict.fromkeys(names)]
+    for method in methods:
+        reason = peer_available(method.name) if method.optional else None
+        if reason:
+            raise ValueError(f"method {method.name!r} cannot run here: {reason}")
+    return methods
