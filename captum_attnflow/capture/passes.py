@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -16,6 +16,7 @@ from torch import nn
 from captum_attnflow.capture.discovery import SELF, AttentionLayer
 from captum_attnflow.capture.sdpa import SDPAInterceptor
 from captum_attnflow.capture.torch_mha import MHACall, per_head_weights
+from captum_attnflow.utils.attention import HEAD_FUSIONS
 
 
 @dataclass
@@ -254,3 +255,23 @@ call: Call, module: nn.Module, args: tuple, kwargs: dict, output, *, extractor: 
             f"past_key_values (use_cache=False)."
         )
     return weights
+
+
+def check_recorder_arguments(model, extractor, head_fusion, keep_graph: bool, timeout) -> None:
+    """The checks of :class:`~captum_attnflow.capture.AttentionRecorder`'s arguments (errors name the argument)."""
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
+        raise ValueError(f"timeout={timeout!r} must be a number of seconds >= 0, or None for default_timeout.")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    if extractor is not None and not callable(extractor):
+        raise TypeError(
+            f"extractor must be a function (module, args, kwargs, output) -> (batch, heads, n, n) "
+            f"tensor; got {type(extractor).__name__}."
+        )
+    if head_fusion is not None and head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"unknown head_fusion {head_fusion!r}; choose None (keep heads) or one of {HEAD_FUSIONS}.")
+    if keep_graph and head_fusion is not None:
+        raise ValueError(
+            "keep_graph=True records the per-head weights that multiply the values, so their "
+            "gradients exist; a head-fused copy has no gradient. Use head_fusion=None."
+        )

@@ -17,8 +17,9 @@ from captum_attnflow.capture.discovery import (
     select_attention_layers,
 )
 from captum_attnflow.capture.masks import live_tokens_from_key_padding_mask, mask_arguments, mask_from_call
+from captum_attnflow.capture.passes import MODEL_TURNS, Call, Pass, call_weights, check_recorder_arguments, complete_pass
 from captum_attnflow.capture.sdpa import SDPAInterceptor
-from captum_attnflow.capture.training import check_no_dropout
+from captum_attnflow.capture.terms import LayerTerms, TermsCollector, ValueTap
 from captum_attnflow.capture.torch_mha import (
     FastPathOff,
     bind_mha_arguments,
@@ -27,9 +28,8 @@ from captum_attnflow.capture.torch_mha import (
     restore_mha_output,
     route_gradient_to_weights,
 )
-from captum_attnflow.capture.passes import MODEL_TURNS, Call, Pass, call_weights, complete_pass
-from captum_attnflow.capture.terms import LayerTerms, TermsCollector, ValueTap
-from captum_attnflow.utils.attention import HEAD_FUSIONS, as_attention_stack, fuse_heads
+from captum_attnflow.capture.training import check_no_dropout
+from captum_attnflow.utils.attention import as_attention_stack, fuse_heads
 
 Extractor = Callable[[nn.Module, tuple, dict, object], torch.Tensor]
 
@@ -163,23 +163,8 @@ class AttentionRecorder:
         contributions: bool = False,
         timeout: float | None = None,
     ) -> None:
-        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
-            raise ValueError(f"timeout={timeout!r} must be a number of seconds >= 0, or None for default_timeout.")
+        check_recorder_arguments(model, extractor, head_fusion, keep_graph, timeout)
         self.timeout = timeout
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-        if extractor is not None and not callable(extractor):
-            raise TypeError(
-                f"extractor must be a function (module, args, kwargs, output) -> (batch, heads, n, n) "
-                f"tensor; got {type(extractor).__name__}."
-            )
-        if head_fusion is not None and head_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"unknown head_fusion {head_fusion!r}; choose None (keep heads) or one of {HEAD_FUSIONS}.")
-        if keep_graph and head_fusion is not None:
-            raise ValueError(
-                "keep_graph=True records the per-head weights that multiply the values, so their "
-                "gradients exist; a head-fused copy has no gradient. Use head_fusion=None."
-            )
         self.model = model
         self.extractor = extractor
         self.head_fusion = head_fusion
