@@ -89,6 +89,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples", type=positive_int, help="evaluate only the first N examples (N >= 1)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="examples per padded batch (default 8)")
+    parser.add_argument("--padding-side", choices=("right", "left"), default="right",
+                        help="where batches are padded (default right; results do not depend on it)")
     parser.add_argument("--position", type=_position, default=0,
                         help="query traced by attention methods (default 0 = [CLS]; -1 = last token; 'max')")
     parser.add_argument("--protect", type=_ints, default=[0, -1],
@@ -249,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(
             factory, data, args.methods, position=args.position, gradient_reduction=args.gradient_reduction,
             fractions=args.fractions, aopc_target=args.aopc_target, deletion=args.deletion, protected=args.protect,
-            batch_size=args.batch_size, truncation=args.truncation, max_length=args.max_length, executor=executor,
+            batch_size=args.batch_size, padding_side=args.padding_side, truncation=args.truncation, max_length=args.max_length, executor=executor,
             out=args.out, resume=args.resume, progress=not args.no_progress, flow_solver=args.flow_solver,
             resamples=args.resamples, seed=args.seed,
         )
