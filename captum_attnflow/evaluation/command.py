@@ -40,7 +40,7 @@ import functools
 import sys
 from pathlib import Path
 
-from captum_attnflow.cli import flow_solver, non_negative_int, positive_int
+from captum_attnflow.cli import fail, flow_solver, non_negative_int, positive_int
 from captum_attnflow.results_md import add_option, evaluation_table, write_table
 
 HELP = "faithfulness of raw/rollout/flow and Captum methods over a dataset (parallel, resumable)"
@@ -146,7 +146,7 @@ def _agreement(args):
 
 def _texts(path: Path, label2id: dict[str, int]) -> list[tuple[str, int | None]]:
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a byte-order mark (Excel) is dropped
             reader = csv.DictReader(handle)
             if not reader.fieldnames or "text" not in reader.fieldnames:
                 raise ValueError(
@@ -155,6 +155,11 @@ def _texts(path: Path, label2id: dict[str, int]) -> list[tuple[str, int | None]]
             rows = list(reader)
         out = []
         for number, row in enumerate(rows, 2):
+            if row.get("text") is None:  # the row has fewer fields than the header
+                raise ValueError(
+                    f"{path} line {number} has no 'text' field (fewer fields than the header {reader.fieldnames}); "
+                    f"quote texts that contain commas."
+                )
             label = (row.get("label") or "").strip()
             if label.lstrip("-").isdigit():
                 out.append((row["text"], int(label)))
@@ -168,8 +173,30 @@ def _texts(path: Path, label2id: dict[str, int]) -> list[tuple[str, int | None]]
                 )
         return out
     if path.suffix.lower() == ".txt":
-        return [(line.rstrip("\n"), None) for line in path.read_text(encoding="utf-8").splitlines()]
+        return [(line.rstrip("\n"), None) for line in path.read_text(encoding="utf-8-sig").splitlines()]
     raise ValueError(f"--data {path}: use a .txt file (one example per line) or a .csv file with a 'text' column.")
+
+
+#: files of which a Hugging Face model directory needs one: the config, the weights, a tokenizer
+MODEL_FILES = {
+    "config": ("config.json",),
+    "weights": ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json"),
+    "tokenizer": ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                  "spiece.model", "sentencepiece.bpe.model"),
+}
+
+
+def check_model_directory(directory: Path) -> None:
+    """Refuse a ``--model`` folder that lacks a config, weights or tokenizer, naming what is missing
+    (transformers would report an empty folder as five lines about sentencepiece)."""
+    missing = [what for what, names in MODEL_FILES.items() if not any((directory / n).is_file() for n in names)]
+    if missing:
+        raise ValueError(
+            f"--model {directory} is not a Hugging Face model folder: it has no {' and no '.join(missing)} file "
+            f"({'; '.join(f'{w}: ' + ' or '.join(MODEL_FILES[w][:2]) for w in missing)}); save one with "
+            f"model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR)."
+        )
 
 
 def load_huggingface(directory: str):
@@ -190,6 +217,7 @@ def _huggingface(args):
     directory = Path(args.model)
     if not directory.is_dir():
         raise ValueError(f"--model {args.model!r} is neither 'agreement' nor a local model directory.")
+    check_model_directory(directory)
     if args.data is None:
         raise ValueError("--data is required with a Hugging Face model: a .txt or .csv file of examples.")
     data_path = Path(args.data)
@@ -245,8 +273,7 @@ def run(args: argparse.Namespace) -> int:
         factory, data = _agreement(args) if agreement else _huggingface(args)
         executor, close = _executor(args)
     except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail("evaluate", error)
     try:
         result = evaluate(
             factory, data, args.methods, position=args.position, gradient_reduction=args.gradient_reduction,
@@ -256,8 +283,7 @@ def run(args: argparse.Namespace) -> int:
             resamples=args.resamples, seed=args.seed,
         )
     except (ValueError, TypeError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail("evaluate", error)
     finally:
         close()
     out = Path(args.out)

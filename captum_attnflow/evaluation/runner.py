@@ -55,7 +55,7 @@ from captum_attnflow.evaluation.models import Classifier, HFClassifier
 from captum_attnflow.evaluation.pipeline import BatchRun, batch_task, cached_classifier
 from captum_attnflow.evaluation.results import ResultStore, ResultTable, json_safe
 from captum_attnflow.files import state_dict_sha256
-from captum_attnflow.validation import check_count
+from captum_attnflow.validation import check_count, check_loaded
 from captum_attnflow.graph import check_head_fusion
 from captum_attnflow.metrics import GradientReduction, check_gradient_reduction
 
@@ -211,6 +211,9 @@ def evaluate(
             f"model must be a Classifier, a Hugging Face model or a factory returning a Classifier; got "
             f"{type(model).__name__}."
         )
+    for value in vars(classifier).values():
+        if isinstance(value, nn.Module):
+            check_loaded(value, f"the model ({type(value).__name__})")
     resolved = resolve_methods(methods, flow_solver=flow_solver)
     check_head_fusion(head_fusion)
     check_gradient_reduction(gradient_reduction, "gradient_reduction")
