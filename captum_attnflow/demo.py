@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from captum_attnflow.cli import bounded_int, fail, non_negative_int
+from captum_attnflow.cli import bounded_int, fail
 
 HELP = "raw attention, rollout and flow on a tiny random BERT (offline, seconds; checks an install)"
 #: largest demo model: BERT's default position embeddings, and a depth that still runs in seconds
@@ -26,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"number of layers, 1..{MAX_LAYERS} (default 4)")
     parser.add_argument("--tokens", type=bounded_int(1, MAX_TOKENS), default=8,
                         help=f"sequence length, 1..{MAX_TOKENS} (default 8)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=bounded_int(0, 2**63 - 1), default=0, help="random seed (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:

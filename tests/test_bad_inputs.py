@@ -109,7 +109,8 @@ def test_model_on_the_meta_device_is_refused():
     (["--tokens", "0"], "--tokens: must be an integer from 1 to 512; got 0"),
     (["--layers", "-1"], "--layers: must be an integer from 1 to 48; got -1"),
     (["--tokens", "100000"], "--tokens: must be an integer from 1 to 512"),
-    (["--seed", "-1"], "--seed: must be a non-negative integer"),
+    (["--seed", "-1"], "--seed: must be an integer from 0 to"),
+    (["--seed", str(2**70)], "--seed: must be an integer from 0 to"),
 ])
 def test_demo_refuses_bad_sizes(argv, message, capsys):
     refused(["demo"] + argv, capsys, "demo", message)
@@ -175,3 +176,21 @@ def test_no_parser_expands_abbreviations():
     parser = build_parser()
     commands = next(a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict)).choices
     assert not parser.allow_abbrev and all(not sub.allow_abbrev for sub in commands.values())
+
+
+# -- hostile cases found beyond the issue's list ----------------------------------------------
+
+def test_damaged_data_and_weights_are_one_line(model_dir, tmp_path, capsys):
+    import shutil
+
+    for name, content, message in (("bad.txt", b"\xff\xfe w1\n", "is not UTF-8 text (byte b'\\xff' at offset 0)"),
+                                   ("open.csv", b'text,label\n"w1 w2,0\n', "is not valid CSV (unexpected end of data)")):
+        (tmp_path / name).write_bytes(content)
+        refused(evaluate_args(model_dir, tmp_path / name, tmp_path / "o"), capsys, "evaluate", message)
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    (tmp_path / "d.txt").write_text("w1\n")
+    refused(evaluate_args(broken, tmp_path / "d.txt", tmp_path / "o"), capsys, "evaluate", "cannot load the model")
+    refused(evaluate_args(model_dir, tmp_path / "d.txt", tmp_path / "o") + ["--methods", ""], capsys, "evaluate",
+            "no method given")

@@ -145,9 +145,21 @@ def _agreement(args):
 
 
 def _texts(path: Path, label2id: dict[str, int]) -> list[tuple[str, int | None]]:
+    try:
+        return _read_texts(path, label2id)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"--data {path} is not UTF-8 text (byte {error.object[error.start:error.start + 1]!r} at offset "
+            f"{error.start}); save it as UTF-8."
+        ) from None
+    except csv.Error as error:
+        raise ValueError(f"--data {path} is not valid CSV ({error}); quote texts that contain commas or quotes.") from None
+
+
+def _read_texts(path: Path, label2id: dict[str, int]) -> list[tuple[str, int | None]]:
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a byte-order mark (Excel) is dropped
-            reader = csv.DictReader(handle)
+            reader = csv.DictReader(handle, strict=True)
             if not reader.fieldnames or "text" not in reader.fieldnames:
                 raise ValueError(
                     f"{path} needs a header with a 'text' column (and optionally 'label'); got {reader.fieldnames}."
@@ -205,6 +217,9 @@ def load_huggingface(directory: str):
 
     from captum_attnflow.evaluation.models import HFClassifier
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on stderr would break the one-line errors
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForSequenceClassification.from_pretrained(directory, attn_implementation="eager")
     blank_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.mask_token_id
@@ -260,6 +275,8 @@ def _executor(args):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from captum_attnflow.evaluation.methods import resolve_methods
+    from captum_attnflow.evaluation.pipeline import cached_classifier
     from captum_attnflow.evaluation.runner import evaluate
     from captum_attnflow.files import DirectoryLock, writable_directory
 
@@ -270,9 +287,16 @@ def run(args: argparse.Namespace) -> int:
             writable_directory(args.results_md, "--results-md")
         writable_directory(args.out, "--out")
         DirectoryLock(args.out).check()  # another run writing there: refuse before loading anything
+        resolve_methods(args.methods, flow_solver=args.flow_solver)  # unknown names: before loading anything
         factory, data = _agreement(args) if agreement else _huggingface(args)
+        try:
+            cached_classifier(factory)  # load the model once, here (evaluate reuses it): a broken one is one line
+        except (ValueError, OSError, TypeError):
+            raise
+        except Exception as error:  # noqa: BLE001 - e.g. safetensors' own error for damaged weights
+            raise ValueError(f"--model {args.model}: cannot load the model ({type(error).__name__}: {error}).") from None
         executor, close = _executor(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, TypeError) as error:
         return fail("evaluate", error)
     try:
         result = evaluate(
