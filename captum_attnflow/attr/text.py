@@ -12,6 +12,8 @@ from captum.attr import Attribution, LLMAttributionResult, TextTokenInput
 from captum.attr._core.llm_attr import DEFAULT_GEN_ARGS
 from torch import Tensor, nn
 
+from captum_attnflow.utils.validation import check_loaded
+
 #: The special tokens whose ids must agree between the tokenizer and the model.
 SPECIAL_TOKENS: tuple[str, ...] = ("bos", "eos", "pad")
 
@@ -43,6 +45,13 @@ def check_tokenizer(tokenizer, model: nn.Module) -> None:
             f"tokenizer has {len(tokenizer)} tokens but the model's input embedding has {rows} rows: the tokenizer "
             f"does not belong to this model; pass the model's own tokenizer."
         )
+    if len(tokenizer) < rows - max(VOCAB_PADDING, rows // 20):
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but the model's input embedding has {rows} rows — more than "
+            f"a padded vocabulary leaves unused: the tokenizer belongs to another model, and its ids would be read "
+            f"as other tokens; pass the model's own tokenizer."
+        )
+    _compare_with_own_tokenizer(tokenizer, model)
     for name in SPECIAL_TOKENS:
         token_id = getattr(tokenizer, f"{name}_token_id", None)
         if token_id is None:
@@ -61,6 +70,54 @@ def check_tokenizer(tokenizer, model: nn.Module) -> None:
             )
 
 
+#: embedding rows a model may keep beyond its tokenizer (vocabularies padded to a multiple of 64/128 or
+#: with reserved ids); a tokenizer short by more than this and 5 % of the rows belongs to another model
+VOCAB_PADDING = 256
+#: token ids compared with the model's own tokenizer
+VOCAB_SAMPLE = 512
+
+
+def _compare_with_own_tokenizer(tokenizer, model: nn.Module) -> None:
+    """Refuse ``tokenizer`` when the model was loaded from a local folder whose own tokenizer
+    spells a sample of the ids differently (same special ids, another vocabulary)."""
+    from pathlib import Path
+
+    config = getattr(model, "config", None)
+    folder = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    if not folder or not Path(str(folder)).is_dir():
+        return
+    folder = Path(str(folder))
+    mine = getattr(tokenizer, "name_or_path", None)
+    if mine and Path(str(mine)).is_dir() and Path(str(mine)).resolve() == folder.resolve():
+        return
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json",
+                                                       "tokenizer.model")):
+        return
+    try:
+        from transformers import AutoTokenizer
+
+        own = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception:  # noqa: BLE001 - no usable tokenizer there: nothing to compare with
+        return
+    count = min(len(own), len(tokenizer))
+    step = max(1, count // VOCAB_SAMPLE)
+    ids = list(range(0, count, step))
+    theirs, expected = tokenizer.convert_ids_to_tokens(ids), own.convert_ids_to_tokens(ids)
+    differing = [(i, a, b) for i, a, b in zip(ids, theirs, expected) if a != b]
+    if differing or len(own) != len(tokenizer):
+        example = (f"id {differing[0][0]} is {differing[0][1]!r} in it but {differing[0][2]!r} in the model's"
+                   if differing else f"{len(tokenizer)} tokens against the model's {len(own)}")
+        raise ValueError(
+            f"the tokenizer's vocabulary is not the one of the model loaded from {folder} ({example}); its ids "
+            f"would be read as other tokens; pass the model's own tokenizer (AutoTokenizer.from_pretrained of that folder)."
+        )
+
+
+#: gen_args the attribution sets itself or that change what generate returns
+RESERVED_GEN_ARGS: tuple[str, ...] = ("return_dict_in_generate", "input_ids", "inputs", "attention_mask",
+                                      "inputs_embeds", "streamer")
+
+
 def check_gen_args(gen_args) -> dict[str, Any]:
     """``gen_args`` (``None``: Captum's greedy defaults) as a dict for ``model.generate``.
 
@@ -72,6 +129,12 @@ def check_gen_args(gen_args) -> dict[str, Any]:
         return dict(DEFAULT_GEN_ARGS)
     if not isinstance(gen_args, Mapping):
         raise TypeError(f"gen_args must be a dict of model.generate arguments; got {type(gen_args).__name__}.")
+    reserved = [key for key in RESERVED_GEN_ARGS if key in gen_args]
+    if reserved:
+        raise ValueError(
+            f"gen_args sets {reserved}: the attribution passes the prompt itself and reads the generated token ids "
+            f"from generate()'s plain output; remove {', '.join(reserved)}."
+        )
     if gen_args.get("num_return_sequences", 1) != 1:
         raise ValueError(
             f"gen_args has num_return_sequences={gen_args['num_return_sequences']}; one result explains one "
@@ -169,6 +232,7 @@ class LLMTextAttribution(Attribution):
     ``attribute`` and return :class:`~captum.attr.LLMAttributionResult`."""
 
     def __init__(self, model: nn.Module, tokenizer) -> None:
+        check_loaded(model)
         check_tokenizer(tokenizer, model)
         super().__init__(model)
         self.model: nn.Module = model
@@ -177,8 +241,19 @@ class LLMTextAttribution(Attribution):
 
     def prompt_input(self, inp, skip_tokens) -> TextTokenInput:
         """``inp`` as a Captum ``TextTokenInput`` (a string is tokenised with ``skip_tokens``)."""
+        if skip_tokens is not None and (isinstance(skip_tokens, (str, bytes)) or not isinstance(skip_tokens, Sequence)):
+            raise TypeError(
+                f"skip_tokens must be a list of token strings or token ids, not a {type(skip_tokens).__name__}"
+                + (f"; for one token pass [{skip_tokens!r}]." if isinstance(skip_tokens, str) else ".")
+            )
+        if skip_tokens is not None and any(isinstance(t, bool) or not isinstance(t, (str, int)) for t in skip_tokens):
+            raise TypeError(f"skip_tokens must hold token strings or integer token ids; got {list(skip_tokens)!r}.")
         if isinstance(inp, str):
             if skip_tokens is not None:
+                rows = self.model.get_input_embeddings().num_embeddings
+                outside = [t for t in skip_tokens if isinstance(t, int) and not 0 <= t < rows]
+                if outside:
+                    raise ValueError(f"skip_tokens has token ids outside the model's vocabulary 0..{rows - 1}: {outside}.")
                 vocab = self.tokenizer.get_vocab()
                 unknown = [t for t in skip_tokens if isinstance(t, str) and t not in vocab]
                 if unknown:

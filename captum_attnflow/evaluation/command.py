@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 
 from captum_attnflow.flow.maxflow import flow_solver
-from captum_attnflow.utils.arguments import non_negative_int, positive_int
+from captum_attnflow.utils.arguments import fail, non_negative_int, positive_int
 from captum_attnflow.evaluation.results import evaluation_table
 from captum_attnflow.utils.results_md import add_option, write_table
 
@@ -91,6 +91,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples", type=positive_int, help="evaluate only the first N examples (N >= 1)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="examples per padded batch (default 8)")
+    parser.add_argument("--padding-side", choices=("right", "left"), default="right",
+                        help="where batches are padded (default right; results do not depend on it)")
     parser.add_argument("--position", type=_position, default=0,
                         help="query traced by attention methods (default 0 = [CLS]; -1 = last token; 'max')")
     parser.add_argument("--protect", type=_ints, default=[0, -1],
@@ -145,9 +147,21 @@ def _agreement(args):
 
 
 def _texts(path: Path, label2id: dict[str, int]) -> list[tuple[str, int | None]]:
+    try:
+        return _read_texts(path, label2id)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"--data {path} is not UTF-8 text (byte {error.object[error.start:error.start + 1]!r} at offset "
+            f"{error.start}); save it as UTF-8."
+        ) from None
+    except csv.Error as error:
+        raise ValueError(f"--data {path} is not valid CSV ({error}); quote texts that contain commas or quotes.") from None
+
+
+def _read_texts(path: Path, label2id: dict[str, int]) -> list[tuple[str, int | None]]:
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a byte-order mark (Excel) is dropped
+            reader = csv.DictReader(handle, strict=True)
             if not reader.fieldnames or "text" not in reader.fieldnames:
                 raise ValueError(
                     f"{path} needs a header with a 'text' column (and optionally 'label'); got {reader.fieldnames}."
@@ -155,6 +169,11 @@ def _texts(path: Path, label2id: dict[str, int]) -> list[tuple[str, int | None]]
             rows = list(reader)
         out = []
         for number, row in enumerate(rows, 2):
+            if row.get("text") is None:  # the row has fewer fields than the header
+                raise ValueError(
+                    f"{path} line {number} has no 'text' field (fewer fields than the header {reader.fieldnames}); "
+                    f"quote texts that contain commas."
+                )
             label = (row.get("label") or "").strip()
             if label.lstrip("-").isdigit():
                 out.append((row["text"], int(label)))
@@ -168,8 +187,30 @@ def _texts(path: Path, label2id: dict[str, int]) -> list[tuple[str, int | None]]
                 )
         return out
     if path.suffix.lower() == ".txt":
-        return [(line.rstrip("\n"), None) for line in path.read_text(encoding="utf-8").splitlines()]
+        return [(line.rstrip("\n"), None) for line in path.read_text(encoding="utf-8-sig").splitlines()]
     raise ValueError(f"--data {path}: use a .txt file (one example per line) or a .csv file with a 'text' column.")
+
+
+#: files of which a Hugging Face model directory needs one: the config, the weights, a tokenizer
+MODEL_FILES = {
+    "config": ("config.json",),
+    "weights": ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json"),
+    "tokenizer": ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                  "spiece.model", "sentencepiece.bpe.model"),
+}
+
+
+def check_model_directory(directory: Path) -> None:
+    """Refuse a ``--model`` folder that lacks a config, weights or tokenizer, naming what is missing
+    (transformers would report an empty folder as five lines about sentencepiece)."""
+    missing = [what for what, names in MODEL_FILES.items() if not any((directory / n).is_file() for n in names)]
+    if missing:
+        raise ValueError(
+            f"--model {directory} is not a Hugging Face model folder: it has no {' and no '.join(missing)} file "
+            f"({'; '.join(f'{w}: ' + ' or '.join(MODEL_FILES[w][:2]) for w in missing)}); save one with "
+            f"model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR)."
+        )
 
 
 def load_huggingface(directory: str):
@@ -178,6 +219,9 @@ def load_huggingface(directory: str):
 
     from captum_attnflow.evaluation.models import HFClassifier
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on stderr would break the one-line errors
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForSequenceClassification.from_pretrained(directory, attn_implementation="eager")
     blank_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.mask_token_id
@@ -190,6 +234,7 @@ def _huggingface(args):
     directory = Path(args.model)
     if not directory.is_dir():
         raise ValueError(f"--model {args.model!r} is neither 'agreement' nor a local model directory.")
+    check_model_directory(directory)
     if args.data is None:
         raise ValueError("--data is required with a Hugging Face model: a .txt or .csv file of examples.")
     data_path = Path(args.data)
@@ -232,6 +277,8 @@ def _executor(args):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from captum_attnflow.evaluation.methods import resolve_methods
+    from captum_attnflow.evaluation.pipeline import cached_classifier
     from captum_attnflow.evaluation.runner import evaluate
     from captum_attnflow.utils.files import DirectoryLock, writable_directory
 
@@ -242,22 +289,27 @@ def run(args: argparse.Namespace) -> int:
             writable_directory(args.results_md, "--results-md")
         writable_directory(args.out, "--out")
         DirectoryLock(args.out).check()  # another run writing there: refuse before loading anything
+        resolve_methods(args.methods, flow_solver=args.flow_solver)  # unknown names: before loading anything
         factory, data = _agreement(args) if agreement else _huggingface(args)
+        try:
+            cached_classifier(factory)  # load the model once, here (evaluate reuses it): a broken one is one line
+        except (ValueError, OSError, TypeError):
+            raise
+        except Exception as error:  # noqa: BLE001 - e.g. safetensors' own error for damaged weights
+            raise ValueError(f"--model {args.model}: cannot load the model ({type(error).__name__}: {error}).") from None
         executor, close = _executor(args)
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError, TypeError) as error:
+        return fail("evaluate", error)
     try:
         result = evaluate(
             factory, data, args.methods, position=args.position, gradient_reduction=args.gradient_reduction,
             fractions=args.fractions, aopc_target=args.aopc_target, deletion=args.deletion, protected=args.protect,
-            batch_size=args.batch_size, truncation=args.truncation, max_length=args.max_length, executor=executor,
+            batch_size=args.batch_size, padding_side=args.padding_side, truncation=args.truncation, max_length=args.max_length, executor=executor,
             out=args.out, resume=args.resume, progress=not args.no_progress, flow_solver=args.flow_solver,
             resamples=args.resamples, seed=args.seed,
         )
     except (ValueError, TypeError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail("evaluate", error)
     finally:
         close()
     out = Path(args.out)

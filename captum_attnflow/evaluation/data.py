@@ -192,19 +192,40 @@ def fit_length(example: Example, max_length: int | None, truncation: Truncation)
     return Example(example.index, example.input_ids[:max_length], example.label), True
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token-id sequences into ``(batch, n_max)`` ids and a ``(batch, n_max)`` mask.
+PaddingSide = Literal["right", "left"]
+PADDING_SIDES: tuple[str, ...] = ("right", "left")
 
-    The mask is 1 for real tokens and 0 for padding (Hugging Face's ``attention_mask``); right
-    padding keeps every real token at its own position, so absolute position embeddings match
-    the unpadded example.
+
+def check_padding_side(side: str) -> str:
+    """Validate a padding side (one of :data:`PADDING_SIDES`)."""
+    if side not in PADDING_SIDES:
+        raise ValueError(f"unknown padding_side {side!r}; choose one of {PADDING_SIDES}.")
+    return side
+
+
+def live_slice(length: int, width: int, side: str = "right") -> slice:
+    """The positions of an example's ``length`` real tokens in a row padded to ``width`` on ``side``."""
+    return slice(0, length) if side == "right" else slice(width - length, width)
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token-id sequences into ``(batch, n_max)`` ids and a ``(batch, n_max)`` mask.
+
+    The mask is 1 for real tokens and 0 for padding (Hugging Face's ``attention_mask``). Right
+    padding (the default) keeps every real token at its own position, so absolute position
+    embeddings match the unpadded example; with ``side="left"`` the classifier must count
+    positions from the mask (:class:`~captum_attnflow.evaluation.models.HFClassifier` does).
     """
     if not sequences:
         raise ValueError("pad_batch needs at least one sequence.")
+    check_padding_side(side)
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), int(pad_id), dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = torch.as_tensor(list(sequence), dtype=torch.long)
-        mask[row, : len(sequence)] = 1
+        live = live_slice(len(sequence), width, side)
+        ids[row, live] = torch.as_tensor(list(sequence), dtype=torch.long)
+        mask[row, live] = 1
     return ids, mask

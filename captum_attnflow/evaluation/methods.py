@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Literal, Union
 import numpy as np
 import torch
 
+from captum_attnflow.evaluation.data import live_slice
 from captum_attnflow.flow import attention_flow
 from captum_attnflow.graph import check_index, raw_attention, rollout
 from captum_attnflow.evaluation.metrics import GradientReduction, check_gradient_reduction, reduce_gradients
@@ -55,11 +56,12 @@ class Batch:
     """One padded batch, as every method sees it.
 
     Attributes:
-        input_ids: ``(batch, n)`` token ids, right-padded.
+        input_ids: ``(batch, n)`` token ids, padded on ``side``.
         mask: ``(batch, n)`` 1 for real tokens, 0 for padding.
         targets: ``(batch,)`` class whose probability is explained.
         lengths: number of real tokens per example.
         attentions: ``L`` tensors ``(batch, heads, n, n)`` of the model on this batch.
+        side: ``"right"`` or ``"left"``: where the padding is.
     """
 
     input_ids: torch.Tensor
@@ -67,6 +69,11 @@ class Batch:
     targets: torch.Tensor
     lengths: list[int]
     attentions: tuple[torch.Tensor, ...] = field(repr=False)
+    side: str = "right"
+
+    def live(self, b: int) -> slice:
+        """The positions of example ``b``'s real tokens."""
+        return live_slice(self.lengths[b], self.input_ids.shape[1], self.side)
 
     def fused(self, head_fusion: str) -> np.ndarray:
         """``(batch, L, n, n)`` float64 head-fused attention, padded rows/columns 0, live rows sum to 1."""
@@ -116,7 +123,8 @@ class AttentionMethod(BatchMethod):
         else:
             matrices = raw_attention(batch.attentions, head_fusion=head_fusion, mask=batch.mask)
         matrices = matrices.detach().to(torch.float64).numpy()
-        return [query_scores(matrices[b, :, :n, :n], position) for b, n in enumerate(batch.lengths)]
+        lives = [batch.live(b) for b in range(len(batch.lengths))]
+        return [query_scores(matrices[b, :, live, live], position) for b, live in enumerate(lives)]
 
 
 def flow_task(graph: np.ndarray, position: Position, residual: bool, solver: str) -> tuple[str, Any]:
@@ -157,7 +165,8 @@ class FlowMethod(EvaluationMethod):
     def graphs(self, batch: Batch, head_fusion: str) -> list[np.ndarray]:
         """One ``(L, n_b, n_b)`` float64 graph per example, padding removed (what workers receive)."""
         fused = batch.fused(head_fusion)
-        return [np.ascontiguousarray(fused[b, :, :n, :n]) for b, n in enumerate(batch.lengths)]
+        lives = [batch.live(b) for b in range(len(batch.lengths))]
+        return [np.ascontiguousarray(fused[b, :, live, live]) for b, live in enumerate(lives)]
 
 
 class CaptumMethod(BatchMethod):
@@ -235,7 +244,7 @@ class CaptumMethod(BatchMethod):
                 f"(batch, n[, d]) = {tuple(batch.input_ids.shape)} — one value per token."
             )
         tokens = reduce_gradients(attribution.to(torch.float64), self.reduction).numpy()
-        return [tokens[b, None, :n] for b, n in enumerate(batch.lengths)]
+        return [tokens[b, None, batch.live(b)] for b in range(len(batch.lengths))]
 
 
 def _captum(name: str, class_name: str, reduction: GradientReduction, **kwargs) -> Callable[[], CaptumMethod]:

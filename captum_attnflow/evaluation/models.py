@@ -28,11 +28,14 @@ class Classifier(ABC):
             paper: ``[UNK]``).
         pad_id: token id used for padding (ignored by the model through the attention mask).
         max_length: longest input the model accepts (``None``: no limit).
+        padding_sides: where batches may be padded (default ``("right",)``: real tokens at their
+            own positions); list ``"left"`` too only when the model counts positions from the mask.
     """
 
     blank_id: int
     pad_id: int
     max_length: int | None
+    padding_sides: tuple[str, ...] = ("right",)
 
     @abstractmethod
     def probabilities(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -58,6 +61,19 @@ class Classifier(ABC):
         """The module producing the token embeddings (for Captum's ``Layer*`` attributions)."""
 
 
+def last_real_token(mask: torch.Tensor) -> torch.Tensor:
+    """``(batch,)`` index of each row's last real token (mask 1), for right and left padding alike."""
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    return (positions * (mask != 0)).argmax(-1)
+
+
+def _last_token_pooling(model: nn.Module) -> bool:
+    """True for decoder classifiers (GPT-2, Llama, Qwen2, Mistral, ...): a ``score`` head applied to every
+    position and the last non-padding token pooled — found by transformers from ``input_ids`` only."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    return isinstance(getattr(model, "score", None), nn.Module) and isinstance(base, nn.Module) and base is not model
+
+
 class HFClassifier(Classifier):
     """:class:`Classifier` for a Hugging Face sequence-classification model.
 
@@ -65,6 +81,16 @@ class HFClassifier(Classifier):
     :class:`~captum_attnflow.capture.AttentionRecorder`, so any attention implementation it reads
     works: eager (the weights equal ``output_attentions``) and SDPA, the transformers 5.x default
     (each SDPA call evaluated by its explicit math, equal to eager up to rounding).
+
+    The attention mask is passed to every call. Decoder classifiers that pool the last token
+    (``GPT2ForSequenceClassification``, ``LlamaForSequenceClassification``, Qwen2, Mistral, ...: a
+    ``score`` head) are run as base model + ``score`` + the logits of the **last real token by
+    the mask** — transformers finds that token only from ``input_ids`` and the pad id, so through
+    ``inputs_embeds`` (gradients, Integrated Gradients) it pooled the last *padded* position, and
+    with ``pad_token_id == eos_token_id`` it skipped a real final eos. A batch padded on the left
+    (or anywhere) is moved to right padding before the model sees it — real tokens first, in
+    order, so absolute positions and first-token (``[CLS]``) pooling see the unpadded example —
+    and the attention is moved back: both padding sides give the unpadded example's result.
 
     Args:
         model: e.g. ``BertForSequenceClassification``; it is put in eval mode.
@@ -90,24 +116,62 @@ class HFClassifier(Classifier):
         pad_id = pad_id if pad_id is not None else getattr(config, "pad_token_id", None)
         self.pad_id = int(pad_id) if pad_id is not None else 0
         self.max_length = max_length if max_length is not None else getattr(config, "max_position_embeddings", None)
+        self._pool_last = _last_token_pooling(model)
+        self.padding_sides = ("right", "left")
+
+    def _logits(self, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
+        order = right_padding_order(attention_mask)
+        if order is not None:
+            attention_mask = attention_mask.gather(1, order)
+            inputs = {name: _take(value, order) for name, value in inputs.items()}
+        inputs["attention_mask"] = attention_mask
+        if not self._pool_last:
+            return self.model(**inputs).logits
+        hidden = getattr(self.model, self.model.base_model_prefix)(**inputs)[0]
+        logits = self.model.score(hidden)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        return logits[rows, last_real_token(attention_mask).to(logits.device)]
 
     def probabilities(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.softmax(-1)
+        return self._logits(attention_mask, input_ids=input_ids).softmax(-1)
 
     def probabilities_from_embeddings(self, inputs_embeds, attention_mask):
-        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits.softmax(-1)
+        return self._logits(attention_mask, inputs_embeds=inputs_embeds).softmax(-1)
 
     def embed(self, input_ids):
         return self.model.get_input_embeddings()(input_ids)
 
     def attentions(self, input_ids, attention_mask):
+        order = right_padding_order(attention_mask)
+        if order is not None:
+            input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
         with AttentionRecorder(self.model) as recorder:
             self.model(input_ids=input_ids, attention_mask=attention_mask)
-        return recorder.attentions
+        if order is None:
+            return recorder.attentions
+        back = order.argsort(dim=1)  # position in the right-padded row of each original position
+        return [_take(_take(a, back, dim=2), back, dim=3) for a in recorder.attentions]
 
     @property
     def embedding_layer(self):
         return self.model.get_input_embeddings()
+
+
+def right_padding_order(mask: torch.Tensor) -> torch.Tensor | None:
+    """``(batch, n)`` positions that put each row's real tokens first (in order), padding last;
+    ``None`` when the batch is already right-padded."""
+    order = torch.sort((mask == 0).to(torch.int8), dim=1, stable=True).indices
+    if bool((order == torch.arange(mask.shape[1], device=mask.device)).all()):
+        return None
+    return order
+
+
+def _take(tensor: torch.Tensor, order: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``tensor`` with dimension ``dim`` reordered per batch row by ``order`` ``(batch, n)`` (differentiable)."""
+    shape = [order.shape[0]] + [1] * (tensor.dim() - 1)
+    shape[dim] = order.shape[1]
+    index = order.to(tensor.device).reshape(shape).expand(*tensor.shape[:dim], order.shape[1], *tensor.shape[dim + 1:])
+    return tensor.gather(dim, index)
 
 
 class AgreementClassifier(Classifier):

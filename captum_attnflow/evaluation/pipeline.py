@@ -60,12 +60,13 @@ class BatchRun:
                  executor: Executor, position: Position, head_fusion: str, residual: bool,
                  gradient_reduction: str, fractions: tuple[float, ...], deletion: str,
                  protected: tuple[int, ...], truncation: str, max_length: int | None,
-                 aopc_batch_size: int, aopc_target: str, progress) -> None:
+                 aopc_batch_size: int, aopc_target: str, progress, padding_side: str = "right") -> None:
         self.classifier, self.methods, self.store, self.executor = classifier, methods, store, executor
         self.position, self.head_fusion, self.residual = position, head_fusion, residual
         self.gradient_reduction, self.fractions, self.deletion = gradient_reduction, fractions, deletion
         self.protected, self.truncation, self.max_length = protected, truncation, max_length
         self.aopc_batch_size, self.aopc_target, self.progress = aopc_batch_size, aopc_target, progress
+        self.padding_side = padding_side
         self.flow = next((m for m in methods if isinstance(m, FlowMethod)), None)
         self.broken: str | None = None  # the executor refused work: the rest is lost
 
@@ -115,7 +116,7 @@ class BatchRun:
 
     def _model_stage(self, items: Sequence[tuple[Example, bool]]) -> list[_Pending]:
         examples = [example for example, _ in items]
-        input_ids, mask = pad_batch([e.input_ids for e in examples], self.classifier.pad_id)
+        input_ids, mask = pad_batch([e.input_ids for e in examples], self.classifier.pad_id, self.padding_side)
         lengths = [len(e.input_ids) for e in examples]
         for example in examples:
             resolve_position(self.position, len(example.input_ids))
@@ -131,7 +132,7 @@ class BatchRun:
                     f"classes (0..{classes - 1})."
                 )
         targets = torch.tensor([e.label if e.label is not None else int(p) for e, p in zip(examples, predictions)])
-        batch = Batch(input_ids, mask, targets, lengths, attentions)
+        batch = Batch(input_ids, mask, targets, lengths, attentions, side=self.padding_side)
         references = {
             "blank_out": blank_out_scores(
                 self.classifier.probabilities, input_ids, target=targets, blank_id=self.classifier.blank_id,
@@ -161,7 +162,7 @@ class BatchRun:
                 example=example, truncated=truncated, target=int(targets[b]), prediction=int(predictions[b]),
                 probability=float(chosen[b]), aopc_class=int(aopc_classes[b]),
                 aopc_probability=float(aopc_chosen[b]), scores={name: scores[b] for name, scores in method_scores.items()},
-                references={name: values[b, : lengths[b]] for name, values in references.items()},
+                references={name: values[b, batch.live(b)] for name, values in references.items()},
                 graph=graphs[b],
             )
             for b, (example, truncated) in enumerate(items)
@@ -260,7 +261,7 @@ class BatchRun:
         out: list[float] = []
         for start in range(0, len(sequences), self.aopc_batch_size):
             chunk = sequences[start : start + self.aopc_batch_size]
-            ids, mask = pad_batch(chunk, self.classifier.pad_id)
+            ids, mask = pad_batch(chunk, self.classifier.pad_id, self.padding_side)
             with torch.no_grad():
                 out.extend(self.classifier.probabilities(ids, mask)[:, target].tolist())
         return out

@@ -87,6 +87,46 @@ def read_examples(directory: str | Path) -> list[dict[str, Any]]:
     return [latest[i] for i in sorted(latest) if latest[i]["status"] == "ok"]
 
 
+STATUSES = ("ok", "error", "lost")
+
+
+def check_records(records: Sequence[Any], path: Path, config: Mapping[str, Any]) -> None:
+    """Refuse ``examples.jsonl`` records that this run could not have written, before any work.
+
+    Each must be an object with an integer ``index`` within the data (``config["data_examples"]``)
+    and a ``status`` in :data:`STATUSES`; an ``ok`` record needs ``metrics`` for every method of
+    the run, each metric a list (one value per row); ``error``/``lost`` records need a message.
+
+    Raises:
+        ValueError: naming the file, the record's line and what is wrong.
+    """
+    total = config.get("data_examples")
+    methods = config.get("methods") or []
+    for number, record in enumerate(records, 1):
+        where = f"cannot resume: {path} record {number}"
+        if not isinstance(record, dict):
+            raise ValueError(f"{where} is a JSON {type(record).__name__}, not an example record; fix or delete it.")
+        index = record.get("index")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ValueError(f"{where} has no integer 'index' (keys {sorted(record)[:6]}); fix or delete it.")
+        if isinstance(total, int) and not 0 <= index < total:
+            raise ValueError(f"{where} has index {index}, outside the run's {total} examples (0..{total - 1}); "
+                             f"fix or delete it.")
+        status = record.get("status")
+        if status not in STATUSES:
+            raise ValueError(f"{where} has status {status!r}; expected one of {STATUSES}.")
+        if status != "ok":
+            if not isinstance(record.get("error"), str):
+                raise ValueError(f"{where} has status {status!r} without an 'error' message.")
+            continue
+        metrics = record.get("metrics")
+        bad = (not isinstance(metrics, dict) or any(
+            not isinstance(metrics.get(m), dict)
+            or any(not isinstance(metrics[m].get(k), list) for k in METRICS) for m in methods))
+        if bad:
+            raise ValueError(f"{where} (example {index}) lacks the metrics of the methods {methods}; fix or delete it.")
+
+
 #: config keys that identify the model and the data of a run (compared on resume)
 IDENTITY_KEYS: dict[str, str] = {"model_sha256": "model", "data_sha256": "data", "data_examples": "data"}
 
@@ -117,6 +157,7 @@ class ResultStore:
         self.records: dict[int, dict[str, Any]] = {}
         self._lock: DirectoryLock | None = None
         config = json_safe(dict(config))
+        self.config = config
         if self.directory is None:
             return
         writable_directory(self.directory, "out")
@@ -170,6 +211,7 @@ class ResultStore:
 
     def _load(self, path: Path) -> None:
         records, keep = _read_records(path)
+        check_records(records, path, self.config)
         for record in records:
             self.records[int(record["index"])] = _in_memory(record)
         data_ends_with_newline = path.read_bytes()[:keep].endswith(b"\n")

@@ -43,7 +43,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from torch import nn
 
-from captum_attnflow.evaluation.data import Example, Truncation, dataset_identity, iterate_examples
+from captum_attnflow.evaluation.data import (
+    Example, Truncation, check_padding_side, dataset_identity, iterate_examples,
+)
 from captum_attnflow.evaluation.executors import SerialExecutor
 from captum_attnflow.evaluation.faithfulness import (
     DEFAULT_FRACTIONS, DELETIONS, AopcTarget, Deletion, aopc_protocol, check_aopc_target, check_fractions,
@@ -53,7 +55,7 @@ from captum_attnflow.evaluation.models import Classifier, HFClassifier
 from captum_attnflow.evaluation.pipeline import BatchRun, batch_task, cached_classifier
 from captum_attnflow.evaluation.results import ResultStore, ResultTable, json_safe
 from captum_attnflow.utils.files import state_dict_sha256
-from captum_attnflow.utils.validation import check_count
+from captum_attnflow.utils.validation import check_count, check_loaded
 from captum_attnflow.graph import check_head_fusion
 from captum_attnflow.evaluation.metrics import GradientReduction, check_gradient_reduction
 
@@ -104,6 +106,7 @@ def evaluate(
     deletion: Deletion = "blank",
     protected: Sequence[int] | None = None,
     batch_size: int = 8,
+    padding_side: str = "right",
     truncation: Truncation = "warn",
     max_length: int | None = None,
     executor: Executor | None = None,
@@ -156,6 +159,9 @@ def evaluate(
         protected: positions never perturbed by AOPC (negative from the end), e.g. ``(0, -1)`` for
             ``[CLS] … [SEP]``; default: ``(position,)`` (none for ``"max"``).
         batch_size: examples per padded batch (results do not depend on it).
+        padding_side: ``"right"`` (default) or ``"left"``: where batches are padded (results do
+            not depend on it; the classifier must list it in ``padding_sides`` —
+            :class:`HFClassifier` takes both and pools a decoder classifier's last *real* token).
         truncation: an example longer than ``max_length``: ``"warn"`` cuts it (recorded as
             ``truncated``), ``"error"`` records it as failed.
         max_length: default ``model.max_length``.
@@ -208,6 +214,9 @@ def evaluate(
             f"model must be a Classifier, a Hugging Face model or a factory returning a Classifier; got "
             f"{type(model).__name__}."
         )
+    for value in vars(classifier).values():
+        if isinstance(value, nn.Module):
+            check_loaded(value, f"the model ({type(value).__name__})")
     resolved = resolve_methods(methods, flow_solver=flow_solver)
     check_head_fusion(head_fusion)
     check_gradient_reduction(gradient_reduction, "gradient_reduction")
@@ -229,6 +238,12 @@ def evaluate(
         )
     fractions = check_fractions(fractions)
     check_aopc_target(aopc_target)
+    check_padding_side(padding_side)
+    if padding_side not in getattr(classifier, "padding_sides", ("right",)):
+        raise ValueError(
+            f"padding_side={padding_side!r}: {type(classifier).__name__} supports "
+            f"{tuple(getattr(classifier, 'padding_sides', ('right',)))} only."
+        )
     protocol = aopc_protocol(fractions, aopc_target)
     if resume and out is None:
         raise ValueError("resume=True needs out=DIR, the directory of the run to continue.")
@@ -248,13 +263,15 @@ def evaluate(
         "data_sha256": data_sha256, "data_examples": total,
         "model_sha256": (model_id or _model_identity(classifier)) if out is not None else model_id,
     }
+    if padding_side != "right":  # recorded only when not the default, so earlier runs still resume
+        config["padding_side"] = padding_side
     store = ResultStore(out, config, resume=resume)
     done = store.done()
     bar = tqdm(total=total, initial=len(done), disable=not progress, unit="ex", desc="evaluate")
     settings = dict(
         position=position, head_fusion=head_fusion, residual=residual, gradient_reduction=gradient_reduction,
         fractions=fractions, deletion=deletion, protected=protected, truncation=truncation, max_length=max_length,
-        aopc_batch_size=aopc_batch_size, aopc_target=aopc_target,
+        aopc_batch_size=aopc_batch_size, aopc_target=aopc_target, padding_side=padding_side,
     )
     executor = executor or SerialExecutor()
     run = BatchRun(classifier, resolved, store, executor=executor, progress=bar, **settings)

@@ -177,9 +177,15 @@ def _image(alt: str, source: str, image_dir: Path | None) -> str:
     kind = IMAGE_TYPES.get(path.suffix.lower())
     if kind is None:
         raise ValueError(f"image {source!r}: use one of the suffixes {tuple(IMAGE_TYPES)}.")
-    if not path.is_file():
+    # a symbolic link (the file or a folder on the way) must not lead out of image_dir
+    real, root = path.resolve(), Path(image_dir).resolve()
+    if not real.is_relative_to(root):
+        raise ValueError(
+            f"image {source!r} is a link to {real}, outside {image_dir}: the report embeds only files inside image_dir."
+        )
+    if not real.is_file():
         raise FileNotFoundError(f"image {source!r} is not in {image_dir}; write the figure before the report.")
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    data = base64.b64encode(real.read_bytes()).decode("ascii")
     return (f"<figure><img alt=\"{html.escape(alt)}\" src=\"data:{kind};base64,{data}\">"
             f"<figcaption>{html.escape(alt)}</figcaption></figure>")
 

@@ -22,7 +22,6 @@ import argparse
 import itertools
 import json
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from captum_attnflow.flow.maxflow import flow_solver
-from captum_attnflow.utils.arguments import non_negative_int, positive_int
+from captum_attnflow.utils.arguments import fail, non_negative_int, positive_int
 from captum_attnflow.utils.results_md import add_option, write_table
 from captum_attnflow.report.page import MAX_EXAMPLES, Explorer, ExplorerExample, ExplorerMethod, layer_labels
 from captum_attnflow.studies.methods import METHODS, attention_methods
@@ -336,8 +335,7 @@ def run(args: argparse.Namespace) -> int:
         examples = templated_examples(args.sentences, args.seed)
         model, tokenizer = load_gguf_causal_lm(args.gguf, cache_dir=args.cache_dir)
     except (ImportError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail("pronoun", error)
     num_layers = model.config.num_hidden_layers
     print(f"{model.config.model_type} decoder, {num_layers} layers, {model.config.num_attention_heads} query heads, "
           f"{model.config.num_key_value_heads} key/value heads; {len(examples)} templated sentences")

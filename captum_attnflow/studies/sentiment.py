@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 from captum_attnflow.flow.maxflow import flow_solver
-from captum_attnflow.utils.arguments import non_negative_int, positive_int
+from captum_attnflow.utils.arguments import fail, non_negative_int, positive_int
 from captum_attnflow.utils.results_md import add_option, write_table
 from captum_attnflow.report.page import MAX_EXAMPLES, REFERENCE_LABELS, Explorer, ExplorerExample, ExplorerMethod, layer_labels, sentence
 from captum_attnflow.studies.methods import METHODS, attention_methods
@@ -325,8 +324,7 @@ def run(args: argparse.Namespace) -> int:
                              f"pass at most {len(train)} (or omit it).")
         model, tokenizer, info = load_or_finetune(train, test, config, cache)
     except (ImportError, FileNotFoundError, RuntimeError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail("sentiment", error)
     print(f"MiniLM-L6 sentiment classifier: test accuracy {info['test_accuracy']:.3f} on {info['test_size']} "
           f"held-out snippets (trained on {info['train_size']})")
     texts = [snippet.text for snippet in test[: args.sentences]]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+#: the command's name in every error line
+PROG = "captum-attnflow"
 
 
 def _integer(text: str) -> int:
@@ -26,3 +30,23 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {value}")
     return value
+
+
+def fail(command: str, message: object) -> int:
+    """Report a refused input of ``command`` as the CLI does everywhere: one line on stderr, exit status 2."""
+    text = " ".join(str(message).split()) or type(message).__name__
+    print(f"{PROG} {command}: error: {text}", file=sys.stderr)
+    return 2
+
+
+def bounded_int(low: int, high: int):
+    """argparse type: an integer in ``[low, high]``."""
+
+    def check(text: str) -> int:
+        value = _integer(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}; got {value}")
+        return value
+
+    check.__name__ = f"integer {low}..{high}"
+    return check

@@ -6,13 +6,14 @@
 * :func:`file_sha256` streams a file's SHA-256; :func:`verify_sha256` refuses a file whose
   content is not the pinned one; :func:`state_dict_sha256` hashes a model's weights (tensor
   names, dtypes, shapes and bytes, in key order) — the identity of the model of a run.
-* :class:`DirectoryLock` holds ``DIR/.lock`` (pid, host, start time; created atomically with
-  ``O_EXCL``) while a run writes into ``DIR``. A second run refuses; a lock left by a killed run
-  (its pid is not alive on this host) is taken over with a message.
+* :class:`DirectoryLock` holds ``DIR/.lock`` (an exclusive ``flock``; the file names pid, host
+  and start time) while a run writes into ``DIR``. A second run refuses; a lock left by a killed
+  run (the kernel dropped its ``flock``) is taken over atomically, with a message.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -27,8 +28,6 @@ import torch
 #: bytes read at a time when hashing a file
 CHUNK = 1 << 20
 LOCK_FILE = ".lock"
-#: an unreadable lock file older than this (seconds) was left by a run killed while creating it
-EMPTY_LOCK_GRACE = 10.0
 
 
 class LockedError(ValueError):
@@ -112,13 +111,14 @@ def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_alive(pid: object) -> bool:
+    """Whether ``pid`` names a running process on this host (a bad or huge pid is not one)."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
+    except (ProcessLookupError, OverflowError, ValueError, OSError) as error:
+        return isinstance(error, PermissionError)  # alive, owned by another user
     return True
 
 
@@ -126,55 +126,89 @@ class DirectoryLock:
     """``DIR/.lock`` held while a run writes into ``DIR`` (a context manager; or :meth:`acquire` /
     :meth:`release`).
 
-    The lock file holds ``{"pid", "host", "started"}`` and is created with ``O_CREAT | O_EXCL``,
-    so of two runs starting at once exactly one gets it.
+    The lock is an exclusive ``flock`` on the file, held on an open descriptor for the whole run;
+    the file also records ``{"pid", "host", "started"}`` for messages. The kernel drops the
+    ``flock`` when its process dies, however it dies, so a file left by a killed run is free to
+    take — atomically: of any number of runs starting at once exactly one gets the ``flock``
+    (there is no check-then-delete window). A holder removes the file before closing it, and an
+    acquirer that locked a file no longer at ``DIR/.lock`` (removed meanwhile) tries again.
 
     Raises (from :meth:`acquire`):
-        LockedError: a live run (or a run on another host, whose liveness cannot be checked) holds
-            the lock; the message names it and the file to delete if that run is known to be dead.
+        LockedError: a live run holds the lock, or the file names a run on another host (whose
+            liveness cannot be checked); the message names it and the file to delete if that run
+            is known to be dead.
     """
 
     def __init__(self, directory: str | Path) -> None:
         self.path = Path(directory) / LOCK_FILE
         self.held = False
+        self._descriptor: int | None = None
 
-    def _create(self) -> bool:
+    @staticmethod
+    def _parse(text: str) -> dict | None:
         try:
-            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        owner = {"pid": os.getpid(), "host": socket.gethostname(),
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(json.dumps(owner) + "\n")
-        return True
+            owner = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(owner, dict) or isinstance(owner.get("pid"), bool) or not isinstance(owner.get("pid"), int):
+            return None
+        return owner
+
+    @staticmethod
+    def _read(descriptor: int) -> str:
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(descriptor, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
 
     def _owner(self) -> dict | None:
         try:
-            owner = json.loads(self.path.read_text())
-            return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
-        except (OSError, ValueError):
+            return self._parse(self.path.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
             return None
 
-    def _stale(self, owner: dict | None) -> str | None:
-        """Why the current lock is stale, or ``None`` when it may belong to a live run."""
-        if owner is None:
+    def _try_lock(self, create: bool) -> tuple[int | None, str]:
+        """An open descriptor of ``DIR/.lock`` holding its ``flock`` and the file's text, or
+        ``(None, text)`` when a live run holds it (``(None, "")`` when there is no file and not ``create``)."""
+        while True:
             try:
-                age = time.time() - self.path.stat().st_mtime
+                descriptor = os.open(self.path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
             except FileNotFoundError:
-                return "it vanished"
-            return f"it is unreadable and {age:.0f} s old" if age > EMPTY_LOCK_GRACE else None
-        if owner.get("host") == socket.gethostname() and not _pid_alive(owner["pid"]):
-            return f"process {owner['pid']} (started {owner.get('started')}) is no longer running"
-        return None
+                return None, ""
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = self._read(descriptor)
+                os.close(descriptor)
+                return None, text or "\0busy"
+            except BaseException:
+                os.close(descriptor)
+                raise
+            try:
+                same = os.path.samestat(os.fstat(descriptor), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                return descriptor, self._read(descriptor)
+            os.close(descriptor)  # the holder removed that file just before releasing it: try the new one
+            if not create:
+                return None, ""
+
+    def _foreign(self, owner: dict | None) -> bool:
+        return owner is not None and owner.get("host") not in (None, socket.gethostname())
 
     def check(self) -> None:
         """Raise :class:`LockedError` now if a live run holds the lock (without taking it): lets a
         command refuse before loading anything. :meth:`acquire` decides, atomically."""
-        if self.path.exists():
-            owner = self._owner()
-            if self._stale(owner) is None:
-                raise self._busy(owner)
+        descriptor, text = self._try_lock(create=False)
+        owner = self._parse(text)
+        if descriptor is not None:
+            os.close(descriptor)
+        elif text:
+            raise self._busy(owner)
+        if self._foreign(owner):
+            raise self._busy(owner)
 
     def _busy(self, owner: dict | None) -> LockedError:
         who = (f"process {owner['pid']} on {owner.get('host')} (started {owner.get('started')})"
@@ -185,26 +219,37 @@ class DirectoryLock:
         )
 
     def acquire(self) -> None:
-        if self._create():
-            self.held = True
-            return
-        owner = self._owner()
-        reason = self._stale(owner)
-        if reason is None:
+        if self.held:
+            raise RuntimeError(f"{self.path} is already held by this DirectoryLock.")
+        descriptor, text = self._try_lock(create=True)
+        owner = self._parse(text)
+        if descriptor is None:
             raise self._busy(owner)
-        if self._owner() == owner:  # still the same stale lock: take it over
-            self.path.unlink(missing_ok=True)
-        if not self._create():
-            raise LockedError(f"{self.path.parent} was taken by another run just now; choose another directory.")
-        self.held = True
-        warnings.warn(f"took over the stale lock {self.path}: {reason}", stacklevel=2)
+        if self._foreign(owner):  # a run on another host: its liveness cannot be checked here
+            os.close(descriptor)
+            raise self._busy(owner)
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(descriptor, 0)
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        os.write(descriptor, (json.dumps(mine) + "\n").encode())
+        self._descriptor, self.held = descriptor, True
+        if text.strip():
+            if owner is None:
+                reason = "it was unreadable and no run held it"
+            elif _pid_alive(owner["pid"]) and owner["pid"] != os.getpid():
+                reason = f"process {owner['pid']} (started {owner.get('started')}) no longer holds it"
+            else:
+                reason = f"process {owner['pid']} (started {owner.get('started')}) is no longer running"
+            warnings.warn(f"took over the stale lock {self.path}: {reason}", stacklevel=2)
 
     def release(self) -> None:
         if self.held:
             self.held = False
-            owner = self._owner()
-            if owner is not None and owner["pid"] == os.getpid():
-                self.path.unlink(missing_ok=True)
+            descriptor, self._descriptor = self._descriptor, None
+            try:
+                self.path.unlink(missing_ok=True)  # before unlocking: a waiter that locked this file retries
+            finally:
+                os.close(descriptor)
 
     def __enter__(self) -> "DirectoryLock":
         self.acquire()

@@ -89,7 +89,11 @@ def text_records(
     Returns:
         A list of :class:`~captum.attr.visualization.VisualizationDataRecord` for
         :func:`captum.attr.visualization.visualize_text`; ``attr_score`` is the sum of the
-        (unnormalised) scores of the real tokens.
+        (unnormalised) scores of the real tokens. Captum puts tokens and labels into its HTML as
+        they are, so here every token and the labels (``pred_classes``, ``true_classes``,
+        ``attr_class``) are HTML-escaped (``html.escape``): a token such as
+        ``<script>alert(1)</script>`` is shown as text by ``visualize_text`` and never runs. The
+        records' ``raw_input_ids`` therefore hold the escaped strings.
     """
     values = _as_numpy(attributions, "attributions")
     if values.ndim != 2:
@@ -106,36 +110,44 @@ def text_records(
         keep = _live_indices(mask, b, n)
         row = values[b, keep]
         records.append(
-            visualization.VisualizationDataRecord(
+            EscapedRecord(
                 torch.as_tensor(_scaled(row) if normalize else row),
                 float("nan") if pred_probs is None else float(pred_probs[b]),
-                "" if pred_classes is None else pred_classes[b],
-                "" if true_classes is None else true_classes[b],
-                attr_class,
+                _escape("" if pred_classes is None else pred_classes[b]),
+                _escape("" if true_classes is None else true_classes[b]),
+                _escape(attr_class),
                 float(row.sum()),
-                [tokens[b][j] for j in keep],
+                [_escape(tokens[b][j]) for j in keep],
                 float("nan"),
             )
         )
     return records
 
 
+class EscapedRecord(visualization.VisualizationDataRecord):
+    """A Captum record whose tokens and labels are already HTML-escaped (by :func:`text_records`)."""
+
+
+def _escape(value) -> str:
+    return html.escape(str(value))
+
+
 def save_text_html(records: Sequence[visualization.VisualizationDataRecord], path: str | Path, *, legend: bool = True) -> Path:
     """Write Captum's :func:`~captum.attr.visualization.visualize_text` table to an HTML file.
 
     Captum inserts tokens and labels into its HTML as they are; here every token and label is
-    HTML-escaped first, so a token such as ``<img src=x onerror=...>`` is shown as text and never
-    becomes an element. ``visualize_text`` also "displays" the table; outside a notebook that
+    HTML-escaped first (records from :func:`text_records` already are, and are not escaped twice),
+    so a token such as ``<img src=x onerror=...>`` is shown as text and never becomes an element. ``visualize_text`` also "displays" the table; outside a notebook that
     would print an object repr, so its standard output is swallowed here.
 
     Returns:
         The path written.
     """
     escaped = [
-        visualization.VisualizationDataRecord(
-            record.word_attributions, record.pred_prob, html.escape(str(record.pred_class)),
-            html.escape(str(record.true_class)), html.escape(str(record.attr_class)), record.attr_score,
-            [html.escape(str(token)) for token in record.raw_input_ids], record.convergence_score,
+        record if isinstance(record, EscapedRecord) else EscapedRecord(
+            record.word_attributions, record.pred_prob, _escape(record.pred_class),
+            _escape(record.true_class), _escape(record.attr_class), record.attr_score,
+            [_escape(token) for token in record.raw_input_ids], record.convergence_score,
         )
         for record in records
     ]
