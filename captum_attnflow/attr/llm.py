@@ -23,7 +23,7 @@ from captum_attnflow.attr.base import AttentionAttribution, check_graph_options
 from captum_attnflow.attr.inputs import output_tensor, resolve_layers
 from captum_attnflow.attr.gradient import GradientWeightedRollout, attention_gradients
 from captum_attnflow.attr.text import LLMAttentionResult, LLMTextAttribution
-from captum_attnflow.graph import check_head_fusion, check_index, recorded_graph
+from captum_attnflow.graph import check_head_fusion, check_index, recorded_graph, without_sink
 
 class LLMAttentionAttribution(LLMTextAttribution):
     r"""
@@ -103,6 +103,7 @@ class LLMAttentionAttribution(LLMTextAttribution):
         residual: bool = True,
         head_fusion: str = "mean",
         graph: str = "attention",
+        drop_sink: int | None = None,
     ) -> LLMAttentionResult:
         r"""
         Args:
@@ -132,6 +133,14 @@ class LLMAttentionAttribution(LLMTextAttribution):
             graph: As in :meth:`AttentionAttribution.attribute`
                         (``graph="value_norm"``/``"alti"``: the contribution graphs; not with
                         :class:`GradientWeightedRollout`, whose graph is gradient-weighted attention).
+            drop_sink (int, optional): a token position (``0``: the first token, the attention
+                        sink of most decoders) whose column is removed from every layer's graph
+                        before the method runs (:func:`~captum_attnflow.graph.without_sink`); its
+                        score is then 0 for every output token. ``graph="alti", drop_sink=0``
+                        with :class:`AttentionRollout` is the attention-graph method that measured
+                        best on a decoder (the docs' LLM page). Not with ``head`` or
+                        :class:`GradientWeightedRollout`.
+                        Default: None (keep it)
 
         Returns:
             :class:`LLMAttentionResult` (a Captum
@@ -165,7 +174,8 @@ class LLMAttentionAttribution(LLMTextAttribution):
         self.check_length(prompt.shape[1] + target.numel(), "inp + target")
         ids = torch.cat([prompt, target[:-1].to(self.device)[None]], dim=1)
         positions = list(range(prompt.shape[1] - 1, ids.shape[1]))
-        rows, log_probs = self.rows(ids, target.to(self.device), positions, layers, head, residual, head_fusion, graph)
+        rows, log_probs = self.rows(ids, target.to(self.device), positions, layers, head, residual, head_fusion, graph,
+                                    drop_sink)
         token_attr = rows[:, : prompt.shape[1]]
         if inp.itp_mask is not None:
             token_attr = token_attr[:, inp.itp_mask[0].to(token_attr.device)]
@@ -190,11 +200,14 @@ class LLMAttentionAttribution(LLMTextAttribution):
         residual: bool,
         head_fusion: str,
         graph: str = "attention",
+        drop_sink: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One forward pass over ``ids`` ``(1, n)``; the method's rows at ``positions`` ``(T, n)``
         and the log-probability of each ``target`` token ``(T,)`` at its position."""
         method = self.attr_method
         gradient = isinstance(method, GradientWeightedRollout)
+        if drop_sink is not None and (gradient or head is not None):
+            raise ValueError("drop_sink changes the fused graph: it cannot be combined with head= or GradientWeightedRollout.")
         contributions = graph != "attention"
         capture_fusion = None if head is not None or method.needs_heads or contributions else head_fusion
         recorded = method.record(ids, None, head_fusion=capture_fusion, keep_graph=gradient, contributions=contributions)
@@ -208,6 +221,8 @@ class LLMAttentionAttribution(LLMTextAttribution):
             if hasattr(method, "gap"):  # AttentionFlow: the proven error of this call's rows
                 method.gap = 0.0
             source = recorded_graph(graph, attentions, recorded[3], mask=mask) if contributions else attentions
+            if drop_sink is not None:
+                source = without_sink(source, drop_sink, mask=mask)
             matrix = method.graph_rows(source, mask, gradients=None, positions=positions, **options)
             return matrix[0, 0, positions], log_probs.detach()
         detached = [a.detach() for a in attentions]

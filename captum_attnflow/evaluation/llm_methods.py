@@ -82,10 +82,11 @@ def token_input(context: LLMContext, prompt: Tensor):
     return inp
 
 
-def attention(cls, *, layer: int = -1, graph: str = "attention", transform: Callable | None = None,
-              **options) -> Score:
+def attention(cls, *, layer: int = -1, graph: str = "attention", drop_sink: int | None = None,
+              transform: Callable | None = None, **options) -> Score:
     """An attention method through :class:`LLMAttentionAttribution` at ``layer`` over ``graph``
-    (``"attention"``, ``"value_norm"``, ``"alti"``); ``options`` go to ``cls(model, **options)``;
+    (``"attention"``, ``"value_norm"``, ``"alti"``), without the sink's column with ``drop_sink``;
+    ``options`` go to ``cls(model, **options)``;
     ``transform(rows, context, ids)`` post-processes the rows over prompt + target (``(T, n)``)
     before the prompt's columns are kept (the place of a positional-prior correction)."""
 
@@ -95,7 +96,7 @@ def attention(cls, *, layer: int = -1, graph: str = "attention", transform: Call
         ids = torch.cat([prompt, target[:-1]])[None]
         positions = list(range(prompt.shape[0] - 1, ids.shape[1]))
         layers = [layer % len(method.attr_method.layer_names)]
-        rows, _ = method.rows(ids, target, positions, layers, None, True, "mean", graph)
+        rows, _ = method.rows(ids, target, positions, layers, None, True, "mean", graph, drop_sink)
         if transform is not None:
             rows = transform(rows, context, ids)
         return _prompt_rows(rows, prompt.shape[0])
@@ -209,6 +210,10 @@ for _method in (
     LLMMethod("flow_uniform", "flow ÷ its uniform-attention prior", attention(AttentionFlow, transform=uniform_prior("flow"))),
     LLMMethod("rollout_alti_uniform", "rollout (ALTI graph) ÷ uniform prior",
               attention(AttentionRollout, graph="alti", transform=uniform_prior("rollout"))),
+    LLMMethod("rollout_no_sink", "rollout without the sink (token 0)", attention(AttentionRollout, drop_sink=0)),
+    LLMMethod("rollout_alti_no_sink", "rollout, ALTI graph, without the sink (token 0)",
+              attention(AttentionRollout, graph="alti", drop_sink=0)),
+    LLMMethod("flow_alti_no_sink", "flow, ALTI graph, without the sink (token 0)", attention(AttentionFlow, graph="alti", drop_sink=0)),
     LLMMethod("lig", f"LayerIntegratedGradients (embeddings, {IG_STEPS} steps)", layer_integrated_gradients),
     LLMMethod("feature_ablation", "FeatureAblation, Captum default baseline (id 0)", feature_ablation),
     LLMMethod("key_ablation", "LLMKeyAblation (key removal)", key_ablation),

@@ -25,6 +25,7 @@ from captum_attnflow.graph.contributions import (
     value_norm_graph,
     value_norm_matrix,
 )
+from captum_attnflow.graph.sink import without_sink
 from captum_attnflow.graph.propagate import (
     COMPILED_PRODUCTS_MAX_N,
     PRODUCTS_BUFFER_MAX_ELEMENTS,
@@ -48,7 +49,7 @@ from captum_attnflow.utils.attention import (
 
 __all__ = [
     "BLOCK_ELEMENTS", "COMPILED_PRODUCTS_MAX_N", "PRODUCTS_BUFFER_MAX_ELEMENTS", "HEAD_FUSIONS", "NO_ATTENTIONS_HINT", "ROW_SUM_TOLERANCE", "OutputFormat", "RowSumError",
-    "GRAPHS", "ContributionGraph", "alti_graph", "alti_matrix", "check_graph", "recorded_graph",
+    "GRAPHS", "ContributionGraph", "without_sink", "alti_graph", "alti_matrix", "check_graph", "recorded_graph",
     "value_norm_graph", "value_norm_matrix", "contribution_graph_matrices",
     "as_attention_stack", "as_mask", "attention_layers", "augment_residual", "check_discard", "check_head_fusion",
     "check_index", "discard_lowest", "fuse_heads", "head_graph", "head_rollout", "layer_blocks",
