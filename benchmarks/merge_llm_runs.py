@@ -4,7 +4,8 @@ The docs' LLM table was measured in two runs of the command on the same prompt s
 (``--prompts 48 --new-tokens 2``): the package's methods with LayerIntegratedGradients and
 FeatureAblation, and the sink-free rows with the peers (inseq, AttnLRP), which need the ``peers``
 extra. This script keeps the prompts every run finished, merges their per-method records (the
-reference rows — random, earliest, latest — are computed identically in both) and writes the
+reference rows — random, earliest, latest — are computed identically in both; the first
+run's are kept, with their ρ against LayerIntegratedGradients) and writes the
 table, the per-kind table and the deletion-curve figure with the command's own functions::
 
     captum-attnflow llm-faithfulness --prompts 48 --new-tokens 2 --workers 2 --out run1
@@ -41,7 +42,7 @@ def merged_records(runs: list[Path]) -> tuple[list[dict], list[str], dict]:
         record = dict(per_run[0][index])
         for other in per_run[1:]:
             for key in PER_METHOD:
-                record[key] = {**record.get(key, {}), **other[index].get(key, {})}
+                record[key] = {**other[index].get(key, {}), **record.get(key, {})}  # the first run's rows win
         merged.append(record)
     return merged, methods, configs[0]
 

@@ -112,7 +112,8 @@ def uniform_prior(method: str) -> Callable:
     def transform(rows: Tensor, context: LLMContext, ids: Tensor) -> Tensor:
         n, count = ids.shape[1], rows.shape[0]
         layers = context.model.config.num_hidden_layers
-        prior = context.get(("prior", method, n, layers), lambda: positional_prior(method, n, layers, list(range(n - count, n))))
+        positions = list(range(n - count, n))
+        prior = context.get(("prior", method, n, count, layers), lambda: positional_prior(method, n, layers, positions))
         return divide_prior(rows, prior)
 
     return transform
