@@ -74,3 +74,18 @@ def test_llm_drop_sink_rows_equal_rollout_of_the_sink_free_graph(tiny):
                                    atol=1e-5)
     with pytest.raises(ValueError, match="drop_sink"):
         LLMAttentionAttribution(AttentionRollout(model), tokenizer).attribute(PROMPT, target=TARGET, drop_sink=0, head=0)
+
+
+def test_output_tokens_survive_captums_failure_on_split_characters(tiny, monkeypatch):
+    """Captum's pretty-token conversion raises IndexError when the target ends inside a UTF-8
+    character (SmolLM2 generating '¡' as two byte pieces); the result keeps one label per id."""
+    import captum_attnflow.attr.text as text
+
+    model, tokenizer = tiny
+
+    def captum_bug(ids, tok):
+        raise IndexError("index 2 is out of bounds for dimension 0 with size 2")
+
+    monkeypatch.setattr(text, "_convert_ids_to_pretty_tokens", captum_bug)
+    result = LLMAttentionAttribution(AttentionRollout(model), tokenizer).attribute(PROMPT, target=TARGET)
+    assert result.output_tokens == [tokenizer.decode([i]) for i in ids_of(tokenizer, TARGET, special=False)[0].tolist()]

@@ -23,10 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from captum.attr._core.llm_attr import _convert_ids_to_pretty_tokens
 from torch import Tensor, nn
 
-from captum_attnflow.attr.text import LLMAttentionResult, LLMTextAttribution
+from captum_attnflow.attr.text import LLMAttentionResult, LLMTextAttribution, pretty_tokens
 
 #: the perturbations :func:`perturbed_log_probs` applies to the selected tokens
 PERTURBATIONS: tuple[str, ...] = ("remove", "replace")
@@ -192,7 +191,7 @@ class LLMKeyAblation(LLMTextAttribution):
             seq_attr=token_attr.sum(0),
             token_attr=token_attr,
             input_tokens=inp.values,
-            output_tokens=_convert_ids_to_pretty_tokens(target.cpu(), self.tokenizer),
+            output_tokens=pretty_tokens(target, self.tokenizer),
             output_probs=picked[0].exp(),
             inp=inp,
             tokenizer=self.tokenizer,

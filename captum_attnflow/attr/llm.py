@@ -16,13 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from captum.attr._core.llm_attr import _convert_ids_to_pretty_tokens
 from torch import Tensor, nn
 
 from captum_attnflow.attr.base import AttentionAttribution, check_graph_options
 from captum_attnflow.attr.inputs import output_tensor, resolve_layers
 from captum_attnflow.attr.gradient import GradientWeightedRollout, attention_gradients
-from captum_attnflow.attr.text import LLMAttentionResult, LLMTextAttribution
+from captum_attnflow.attr.text import LLMAttentionResult, LLMTextAttribution, pretty_tokens
 from captum_attnflow.graph import check_head_fusion, check_index, recorded_graph, without_sink
 
 class LLMAttentionAttribution(LLMTextAttribution):
@@ -183,7 +182,7 @@ class LLMAttentionAttribution(LLMTextAttribution):
             seq_attr=token_attr.sum(0),
             token_attr=token_attr,
             input_tokens=inp.values,
-            output_tokens=_convert_ids_to_pretty_tokens(target, self.tokenizer),
+            output_tokens=pretty_tokens(target, self.tokenizer),
             output_probs=log_probs.exp(),
             inp=inp,
             tokenizer=self.tokenizer,

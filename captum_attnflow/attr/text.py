@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from captum.attr import Attribution, LLMAttributionResult, TextTokenInput
-from captum.attr._core.llm_attr import DEFAULT_GEN_ARGS
+from captum.attr._core.llm_attr import DEFAULT_GEN_ARGS, _convert_ids_to_pretty_tokens
 from torch import Tensor, nn
 
 from captum_attnflow.utils.validation import check_loaded
@@ -302,3 +302,20 @@ class LLMTextAttribution(Attribution):
         if generated.numel() == 0:
             raise ValueError(f"generation with gen_args={gen_args} produced no token; allow max_new_tokens >= 1.")
         return generated
+
+
+def pretty_tokens(ids: Tensor, tokenizer) -> list[str]:
+    """Captum's readable output tokens for ``ids`` ``(T,)``, one per id.
+
+    Captum's own conversion raises ``IndexError`` when the last tokens split one UTF-8 character
+    (e.g. ``¡`` generated as two byte-level pieces); then each id is decoded alone (a partial
+    character shows as ``�``), so a result is never lost to its labels.
+    """
+    ids = ids.detach().cpu()
+    try:
+        tokens = _convert_ids_to_pretty_tokens(ids, tokenizer)
+    except (IndexError, ValueError):
+        tokens = []
+    if len(tokens) != ids.numel():
+        tokens = [tokenizer.decode([int(i)]) for i in ids.tolist()]
+    return tokens
