@@ -92,25 +92,39 @@ def mean_curves(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> di
 
 
 def curves_figure(records: Sequence[dict[str, Any]], methods: Sequence[str], path: str | Path, title: str) -> Path:
-    """The deletion curves (k vs mean drop of log p, key removal) of every method as a PNG."""
+    """The deletion curves (k vs mean drop of log p, key removal) as a PNG: attention-graph methods
+    (raw / rollout / flow, any graph) on the left, the other methods on the right, the reference
+    rankings (random, earliest-, latest-first) in grey on both, each panel with its own legend."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     from captum_attnflow.visualize import save_figure
 
-    figure = Figure(figsize=(7.5, 4.6))
-    ax = figure.subplots()
-    styles = iter(["--", ":", "-."] * 4)
-    for method, curve in mean_curves(records, methods).items():
-        reference = LLM_METHODS[method].reference
-        ax.plot(np.arange(1, curve.size + 1), curve, marker="o", markersize=3.5,
-                linestyle=next(styles) if reference else "-", color="0.45" if reference else None,
-                alpha=0.8 if reference else 1.0, label=LLM_METHODS[method].label)
-    ax.xaxis.set_major_locator(__import__("matplotlib.ticker").ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("k: top-k prompt tokens removed (as keys, every layer)")
-    ax.set_ylabel("mean drop of log p(output token) [nats]")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    curves = mean_curves(records, methods)
+    references = [m for m in curves if LLM_METHODS[m].reference]
+    graphs = [m for m in curves if not LLM_METHODS[m].reference and m.split("_")[0] in ("raw", "rollout", "flow")]
+    others = [m for m in curves if m not in references and m not in graphs]
+    panels = [(graphs, "attention-graph methods (raw / rollout / flow)"), (others, "perturbation, gradient and peer methods")]
+    panels = [(names, label) for names, label in panels if names] or [([], "references")]
+    figure = Figure(figsize=(6.2 * len(panels), 6.4))
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    colours = colormaps["tab20"].colors
+    for ax, (names, label) in zip(axes, panels):
+        for index, method in enumerate(names):
+            curve = curves[method]
+            ax.plot(np.arange(1, curve.size + 1), curve, marker="o", markersize=3.5, color=colours[index % 20],
+                    linestyle="-" if index < 20 else "--", label=LLM_METHODS[method].label)
+        for style, method in zip(("--", ":", "-."), references):
+            curve = curves[method]
+            ax.plot(np.arange(1, curve.size + 1), curve, color="0.45", linestyle=style, label=LLM_METHODS[method].label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("k: top-k prompt tokens removed (as keys, every layer)")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    axes[0].set_ylabel("mean drop of log p(output token) [nats]")
+    figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     return save_figure(figure, path)
 
