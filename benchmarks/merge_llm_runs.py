@@ -58,7 +58,7 @@ def main() -> None:
         raise SystemExit("merge_llm_runs: error: no prompt was finished by every run")
     total = len(load_prompts())
     head = (f"SmolLM2-135M-Instruct, {len(records)} prompts (a subset of the {total} shipped, spread over the kinds: "
-            f"the prompts all {len(args.runs)} runs finished); greedy continuation of {config.get('new_tokens')} tokens "
+            f"the prompts every one of the {len(args.runs)} runs finished); greedy continuation of {config.get('new_tokens')} tokens "
             f"(agreement prompts: the correct verb); AOPC over k = 1..{config.get('max_k')} top prompt tokens, in nats of "
             f"the output token's log-probability; key removal = removed as a key in every layer, positions kept; "
             f"replacement = the token ' ' (a space); ρ per output token; agreement columns over the agreement prompts "
