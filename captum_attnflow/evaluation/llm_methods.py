@@ -82,6 +82,13 @@ def token_input(context: LLMContext, prompt: Tensor):
     return inp
 
 
+def teacher_forced(prompt: Tensor, target: Tensor) -> tuple[Tensor, list[int]]:
+    """``(1, P + T - 1)`` ids of prompt + target without its last token, and the ``T`` positions
+    that predict the target's tokens (the last prompt position first)."""
+    ids = torch.cat([prompt, target[:-1]])[None]
+    return ids, list(range(prompt.shape[0] - 1, ids.shape[1]))
+
+
 def attention(cls, *, layer: int = -1, graph: str = "attention", drop_sink: int | None = None,
               transform: Callable | None = None, **options) -> Score:
     """An attention method through :class:`LLMAttentionAttribution` at ``layer`` over ``graph``
@@ -93,8 +100,7 @@ def attention(cls, *, layer: int = -1, graph: str = "attention", drop_sink: int 
     def score(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndarray:
         key = (cls.__name__, tuple(sorted(options.items())))
         method = context.get(key, lambda: LLMAttentionAttribution(cls(context.model, **options), context.tokenizer))
-        ids = torch.cat([prompt, target[:-1]])[None]
-        positions = list(range(prompt.shape[0] - 1, ids.shape[1]))
+        ids, positions = teacher_forced(prompt, target)
         layers = [layer % len(method.attr_method.layer_names)]
         rows, _ = method.rows(ids, target, positions, layers, None, True, "mean", graph, drop_sink)
         if transform is not None:
@@ -122,8 +128,7 @@ def uniform_prior(method: str) -> Callable:
 def mean_raw_attention(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndarray:
     """Raw attention (heads averaged) averaged over every layer, from one recorded pass."""
     method = context.get("raw_all", lambda: RawAttention(context.model))
-    ids = torch.cat([prompt, target[:-1]])[None]
-    positions = list(range(prompt.shape[0] - 1, ids.shape[1]))
+    ids, positions = teacher_forced(prompt, target)
     attentions, mask, _ = method.record(ids, None, head_fusion="mean")
     matrices = method.graph_rows(attentions, mask, gradients=None, layers=list(range(len(attentions))),
                                  positions=positions, head=None, residual=True, head_fusion="mean")
