@@ -21,8 +21,8 @@ import torch
 from captum.attr import Saliency
 from scipy import stats
 
-from captum_attnflow import attention_flow, raw_attention, rollout
-from captum_attnflow.evaluation import CaptumMethod, HFClassifier, ResultTable, SerialExecutor, evaluate, read_examples
+from captum_attnflow import ContributionGraph, attention_flow, raw_attention, rollout
+from captum_attnflow.evaluation import CaptumMethod, Classifier, HFClassifier, ResultTable, SerialExecutor, evaluate, read_examples
 from captum_attnflow.evaluation.data import as_example, fit_length, iterate_examples, pad_batch
 from captum_attnflow.evaluation.faithfulness import (
     aopc, bootstrap_interval, check_fractions, perturbed_inputs, top_k_counts,
@@ -256,6 +256,51 @@ def test_scores_and_metrics_match_independent_computation(classifier, serial):
                                                   (0.01, 0.05, 0.1, 0.2, 0.5), predicted)
     assert metrics["aopc_comprehensiveness"][2] == pytest.approx(comprehensiveness, abs=1e-6)
     assert metrics["aopc_sufficiency"][2] == pytest.approx(sufficiency, abs=1e-6)
+
+
+def test_value_norm_and_alti_methods_match_per_pair_reference():
+    """graph= in evaluate: raw / rollout / flow over value-norm and ALTI of padded batches equal the
+    per-pair reference of tests/test_contribution_graphs.py on each example alone (float64), with
+    rollout by explicit products and flow by networkx (ALTI holds its residual: no ``+ I``)."""
+    from test_contribution_graphs import hf_parts, reference_alti, reference_value_norm
+
+    model = tiny_bert().double()
+    data = make_data(4, lengths=(3, 8))
+    names = "raw_value_norm,rollout_value_norm,flow_value_norm,raw_alti,rollout_alti,flow_alti"
+    classifier, passes = HFClassifier(model), []
+    graphs = classifier.contribution_graphs
+    classifier.contribution_graphs = lambda ids, mask, names: passes.append(len(ids)) or graphs(ids, mask, names)
+    result = evaluate(classifier, data, names, batch_size=4, **SETTINGS)
+    assert passes == [4] and len({r["tokens"] for r in result.examples}) > 1  # one padded batch
+    for record, example in zip(result.examples, data):
+        ids = torch.tensor([example["input_ids"]])
+        parts = hf_parts(model.bert, ids, torch.ones_like(ids))
+        for graph, per_pair, residual_inside in (("value_norm", reference_value_norm, False),
+                                                 ("alti", reference_alti, True)):
+            matrices = torch.stack([per_pair(p, 0) for p in parts])  # (L, n, n)
+            np.testing.assert_allclose(record["scores"][f"raw_{graph}"], matrices[:, 0].numpy(), atol=1e-9)
+            product, rolled = torch.eye(ids.shape[1], dtype=torch.float64), []
+            for m in matrices:
+                step = m if residual_inside else 0.5 * m + 0.5 * torch.eye(len(m), dtype=torch.float64)
+                product = step @ product
+                rolled.append(product[0])
+            np.testing.assert_allclose(record["scores"][f"rollout_{graph}"], torch.stack(rolled).numpy(), atol=1e-9)
+            flow = attention_flow(ContributionGraph(matrices[None], residual_inside), output_positions=0,
+                                  flow_solver="networkx")[0, :, 0].numpy()
+            np.testing.assert_allclose(record["scores"][f"flow_{graph}"], flow, atol=1e-7)
+        assert set(record["metrics"]) >= set(names.split(","))
+
+
+def test_graph_methods_that_cannot_run_are_refused_before_any_model_pass(classifier):
+    """A Classifier that cannot build the graphs, or a head fusion the graphs do not have: one error up front."""
+
+    class AttentionOnly(HFClassifier):
+        contribution_graphs = Classifier.contribution_graphs
+
+    with pytest.raises(ValueError, match=r"rollout_alti need value-norm/ALTI graphs.*override contribution_graphs"):
+        evaluate(AttentionOnly(classifier.model), make_data(3), "rollout,rollout_alti", **SETTINGS)
+    with pytest.raises(ValueError, match=r"flow_value_norm sum the heads.*head_fusion='mean'"):
+        evaluate(classifier, make_data(3), "flow_value_norm", head_fusion="max", **SETTINGS)
 
 
 def aopc_by_hand(model, ids, scores, fractions, cls):
@@ -652,7 +697,7 @@ def test_agreement_model_through_the_cli(tmp_path):
             torch.nn.init.normal_(weight, std=0.5)
     save_checkpoint(untrained, path, metadata={"data_seed": 3, "data_sizes": sizes})
     out = tmp_path / "out"
-    assert main(["evaluate", "--model", str(path), "--examples", "6", "--methods", "raw,rollout,flow,saliency",
+    assert main(["evaluate", "--model", str(path), "--examples", "6", "--methods", "raw,rollout,flow,saliency,rollout_alti",
                  "--out", str(out), "--no-progress", "--flow-solver", "scipy", "--resamples", "50"]) == 0
     summary = json.loads((out / "results.json").read_text())
     assert summary["finished"] == 6 and summary["failed"] == 0
@@ -663,9 +708,12 @@ def test_agreement_model_through_the_cli(tmp_path):
     model, _ = load_checkpoint(path)
     classifier = AgreementClassifier(model, blank_id=words.index(UNK), pad_id=words.index(PAD))
     data = list(zip(encode(test), [e.label for e in test]))
-    batched = evaluate(classifier, data, "raw,rollout,flow,saliency", batch_size=6, **SETTINGS)
-    alone = evaluate(classifier, data, "raw,rollout,flow,saliency", batch_size=1, **SETTINGS)
+    methods = "raw,rollout,flow,saliency,raw_value_norm,rollout_alti,flow_alti"
+    batched = evaluate(classifier, data, methods, batch_size=6, **SETTINGS)
+    alone = evaluate(classifier, data, methods, batch_size=1, **SETTINGS)
     assert_same_records(batched.examples, alone.examples)
+    rows = np.array(alone.examples[0]["scores"]["raw_value_norm"], float)  # [CLS] row of M_l: a distribution
+    np.testing.assert_allclose(rows.sum(-1), 1, atol=1e-6)
 
 
 

@@ -1,6 +1,6 @@
 """Every evaluation method gives the same scores and metrics for any batch size and padding side,
 on an encoder classifier (BERT) and on decoder classifiers that pool their last real token
-(Llama, GPT-2): the gradient reference, ``saliency`` and ``ixg`` go through ``inputs_embeds``,
+(Llama, GPT-2) — value-norm and ALTI methods included: the gradient reference, ``saliency`` and ``ixg`` go through ``inputs_embeds``,
 where transformers cannot see the padding and used to pool the last *padded* position
 (issue 18 item 1)."""
 
@@ -14,7 +14,7 @@ from captum_attnflow.evaluation import HFClassifier, evaluate
 
 transformers = pytest.importorskip("transformers")
 
-METHODS = "raw,rollout,flow,saliency,ixg,ig,occlusion,ablation"
+METHODS = "raw,rollout,flow,saliency,ixg,ig,occlusion,ablation,raw_alti,rollout_alti,flow_value_norm"
 SETTINGS = dict(progress=False, resamples=20, flow_solver="scipy", protected=(-1,), position=-1)
 VOCAB = 40
 PAD, UNK, EOS = 0, 1, 2
@@ -64,7 +64,11 @@ def run(classifier, batch_size, side):
 def test_scores_do_not_depend_on_batch_size_or_padding_side(kind, side):
     classifier = tiny(kind)
     alone = run(classifier, 1, "right")
+    passes = []  # the batch size of every model stage: a failing batch would be rerun example by example
+    attentions = classifier.attentions
+    classifier.attentions = lambda ids, mask: passes.append(len(ids)) or attentions(ids, mask)
     batched = run(classifier, 4, side)
+    assert passes == [4, 1]
     assert [r["index"] for r in alone] == [r["index"] for r in batched] == list(range(5))
     for a, b in zip(alone, batched):
         assert a["target"] == b["target"] and a["prediction"] == b["prediction"]

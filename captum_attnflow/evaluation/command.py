@@ -27,9 +27,13 @@ AOPC follows the ERASER protocol by default (DeYoung et al. 2020): bins 1, 5, 10
 tokens and the model's predicted class; --fractions 0.1,0.2,0.3,0.4,0.5 --aopc-target label gives
 this package's earlier protocol. The protocol is printed above the table and stored in the results.
 
+Methods: raw, rollout and flow run on the paper's attention graph; raw_value_norm, rollout_alti,
+flow_alti, ... on the value-norm (Kobayashi et al. 2020) and ALTI (Ferrando et al. 2022) graphs of
+the same forward pass (graph= of the attribution classes).
+
 Example:
   captum-attnflow evaluate --model agreement --data agreement --examples 200 \\
-      --methods raw,rollout,flow,ig,occlusion --workers 2 --out eval-agreement
+      --methods raw,rollout,flow,rollout_alti,ig,occlusion --workers 2 --out eval-agreement
 """
 
 from __future__ import annotations
@@ -81,8 +85,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "Hugging Face model directory")
     parser.add_argument("--data", help="'agreement' (default with --model agreement) or a .txt/.csv file")
     parser.add_argument("--methods", default="raw,rollout,flow",
-                        help="comma-separated: raw,rollout,flow,saliency,ixg,ig,occlusion,ablation "
-                             "(default raw,rollout,flow)")
+                        help="comma-separated: raw,rollout,flow (the paper's attention graph), "
+                             "raw_value_norm,rollout_value_norm,flow_value_norm, raw_alti,rollout_alti,flow_alti "
+                             "(value-norm / ALTI graphs), saliency,ixg,ig,occlusion,ablation (default raw,rollout,flow)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--workers", type=non_negative_int, default=0,

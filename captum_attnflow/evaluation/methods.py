@@ -7,25 +7,29 @@ Attention flow is the solver-bound one, so it is not computed with the batch but
 per example that needs only a small numpy graph (:func:`flow_task`): shipped to an executor, or
 run in the worker that evaluates the whole batch (see :mod:`captum_attnflow.evaluation.pipeline`).
 
-Built-in names (:data:`METHODS`): ``raw``, ``rollout``, ``flow``, ``saliency`` (gradient L2
-norm), ``ixg`` (InputXGradient), ``ig`` (IntegratedGradients, 32 steps, zero baseline),
-``occlusion`` and ``ablation`` (FeatureAblation). Gradient methods work on the input
-embeddings; perturbation methods replace token ids with the classifier's blank id, one token
-per feature.
+Built-in names (:data:`METHODS`): ``raw``, ``rollout``, ``flow`` on the paper's attention graph
+and on the context-mixing graphs of :mod:`captum_attnflow.graph.contributions` (``raw_value_norm``,
+``rollout_value_norm``, ``flow_value_norm``, ``raw_alti``, ``rollout_alti``, ``flow_alti``: the
+``graph=`` options of the attribution classes), ``saliency`` (gradient L2 norm), ``ixg``
+(InputXGradient), ``ig`` (IntegratedGradients, 32 steps, zero baseline), ``occlusion`` and
+``ablation`` (FeatureAblation). Gradient methods work on the input embeddings; perturbation
+methods replace token ids with the classifier's blank id, one token per feature.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Union
+from typing import Any, Callable, Iterable, Literal, Sequence, Union
 
 import numpy as np
 import torch
 
 from captum_attnflow.evaluation.data import live_slice
+from captum_attnflow.evaluation.models import Classifier
 from captum_attnflow.flow import attention_flow
-from captum_attnflow.graph import check_index, raw_attention, rollout
+from captum_attnflow.graph import GRAPHS, ContributionGraph, check_graph, check_index, raw_attention, rollout
 from captum_attnflow.evaluation.metrics import GradientReduction, check_gradient_reduction, reduce_gradients
 
 Position = Union[int, Literal["max"]]
@@ -62,6 +66,8 @@ class Batch:
         lengths: number of real tokens per example.
         attentions: ``L`` tensors ``(batch, heads, n, n)`` of the model on this batch.
         side: ``"right"`` or ``"left"``: where the padding is.
+        contributions: the value-norm / ALTI graphs the methods need, by ``graph=`` name
+            (:meth:`~captum_attnflow.evaluation.models.Classifier.contribution_graphs`).
     """
 
     input_ids: torch.Tensor
@@ -70,15 +76,35 @@ class Batch:
     lengths: list[int]
     attentions: tuple[torch.Tensor, ...] = field(repr=False)
     side: str = "right"
+    contributions: dict[str, ContributionGraph] = field(default_factory=dict, repr=False)
 
     def live(self, b: int) -> slice:
         """The positions of example ``b``'s real tokens."""
         return live_slice(self.lengths[b], self.input_ids.shape[1], self.side)
 
-    def fused(self, head_fusion: str) -> np.ndarray:
-        """``(batch, L, n, n)`` float64 head-fused attention, padded rows/columns 0, live rows sum to 1."""
-        fused = raw_attention(self.attentions, head_fusion=head_fusion, mask=self.mask)
+    def graph(self, name: str) -> tuple[torch.Tensor, ...] | ContributionGraph:
+        """What rollout and flow take for ``graph=name``: the attentions, or the recorded contribution graph."""
+        if name == "attention":
+            return self.attentions
+        if name not in self.contributions:
+            raise ValueError(f"the batch has no {name!r} graph; the pipeline records the graphs its methods name.")
+        return self.contributions[name]
+
+    def fused(self, head_fusion: str, graph: str = "attention") -> np.ndarray:
+        """``(batch, L, n, n)`` float64 head-fused matrices of ``graph`` (the attention, or the
+        contributions), padded rows/columns 0, live rows sum to 1."""
+        fused = raw_attention(self.graph(graph), head_fusion=head_fusion, mask=self.mask)
         return fused.detach().to(torch.float64).numpy()
+
+
+def graph_of(method: "EvaluationMethod") -> str:
+    """The ``graph=`` a method runs on (``"attention"`` for methods without one)."""
+    return getattr(method, "graph", "attention")
+
+
+def method_name(kind: str, graph: str) -> str:
+    """``kind`` on the attention graph, ``kind_graph`` on another (``rollout_alti``)."""
+    return kind if graph == "attention" else f"{kind}_{graph}"
 
 
 class EvaluationMethod:
@@ -107,21 +133,25 @@ class AttentionMethod(BatchMethod):
     """Raw attention (``kind="raw"``) or attention rollout (``kind="rollout"``) of the traced query.
 
     :func:`captum_attnflow.raw_attention` / :func:`captum_attnflow.rollout` on the batch's
-    attention with its padding mask; raw attention ignores ``residual``.
+    ``graph`` (``"attention"``: the recorded attention; ``"value_norm"``, ``"alti"``: the
+    contribution graph of the same pass) with its padding mask; raw attention ignores
+    ``residual``. Named ``kind`` on the attention graph, else ``kind_graph`` (``rollout_alti``).
     """
 
     per_layer = True
 
-    def __init__(self, kind: Literal["raw", "rollout"]) -> None:
+    def __init__(self, kind: Literal["raw", "rollout"], graph: str = "attention") -> None:
         if kind not in ("raw", "rollout"):
             raise ValueError(f"AttentionMethod kind must be 'raw' or 'rollout'; got {kind!r}.")
-        self.name = kind
+        self.kind, self.graph = kind, check_graph(graph)
+        self.name = method_name(kind, graph)
 
     def scores(self, batch, classifier, *, position, head_fusion, residual):
-        if self.name == "rollout":
-            matrices = rollout(batch.attentions, residual=residual, head_fusion=head_fusion, mask=batch.mask)
+        graph = batch.graph(self.graph)
+        if self.kind == "rollout":
+            matrices = rollout(graph, residual=residual, head_fusion=head_fusion, mask=batch.mask)
         else:
-            matrices = raw_attention(batch.attentions, head_fusion=head_fusion, mask=batch.mask)
+            matrices = raw_attention(graph, head_fusion=head_fusion, mask=batch.mask)
         matrices = matrices.detach().to(torch.float64).numpy()
         lives = [batch.live(b) for b in range(len(batch.lengths))]
         return [query_scores(matrices[b, :, live, live], position) for b, live in enumerate(lives)]
@@ -154,19 +184,26 @@ class FlowMethod(EvaluationMethod):
     Args:
         solver: max-flow solver name passed to :func:`captum_attnflow.attention_flow` (``"auto"``:
             the fastest exact one).
+        graph: ``"attention"`` (the paper's, named ``flow``), ``"value_norm"`` or ``"alti"``
+            (named ``flow_value_norm``, ``flow_alti``).
     """
 
-    name = "flow"
     per_layer = True
 
-    def __init__(self, solver: str = "auto") -> None:
-        self.solver = solver
+    def __init__(self, solver: str = "auto", graph: str = "attention") -> None:
+        self.solver, self.graph = solver, check_graph(graph)
+        self.name = method_name("flow", graph)
 
     def graphs(self, batch: Batch, head_fusion: str) -> list[np.ndarray]:
         """One ``(L, n_b, n_b)`` float64 graph per example, padding removed (what workers receive)."""
-        fused = batch.fused(head_fusion)
+        fused = batch.fused(head_fusion, self.graph)
         lives = [batch.live(b) for b in range(len(batch.lengths))]
         return [np.ascontiguousarray(fused[b, :, live, live]) for b, live in enumerate(lives)]
+
+    def task_residual(self, batch: Batch, residual: bool) -> bool:
+        """The ``residual`` of :func:`flow_task`: off when the graph holds its residual already (ALTI)."""
+        graph = batch.graph(self.graph)
+        return residual and not (isinstance(graph, ContributionGraph) and graph.residual_included)
 
 
 class CaptumMethod(BatchMethod):
@@ -256,11 +293,15 @@ def _captum(name: str, class_name: str, reduction: GradientReduction, **kwargs) 
     return build
 
 
+def _graph_method(kind: str, graph: str) -> Callable[[], EvaluationMethod]:
+    if kind == "flow":
+        return functools.partial(FlowMethod, graph=graph)
+    return functools.partial(AttentionMethod, kind, graph)
+
+
 #: built-in method name -> factory
 METHODS: dict[str, Callable[[], EvaluationMethod]] = {
-    "raw": lambda: AttentionMethod("raw"),
-    "rollout": lambda: AttentionMethod("rollout"),
-    "flow": FlowMethod,
+    **{method_name(kind, graph): _graph_method(kind, graph) for graph in GRAPHS for kind in ("raw", "rollout", "flow")},
     "saliency": _captum("saliency", "Saliency", "l2", abs=False),
     "ixg": _captum("ixg", "InputXGradient", "abs_sum"),
     "ig": _captum("ig", "IntegratedGradients", "abs_sum", n_steps=32),
@@ -286,7 +327,9 @@ def resolve_methods(
                 raise ValueError(
                     f"unknown method {method!r}; valid methods: {', '.join(METHODS)} (or pass a CaptumMethod)."
                 )
-            method = FlowMethod(flow_solver) if method == "flow" else METHODS[method]()
+            method = METHODS[method]()
+            if isinstance(method, FlowMethod):
+                method.solver = flow_solver
         elif not isinstance(method, EvaluationMethod):
             raise TypeError(
                 f"methods must be names or EvaluationMethod objects (e.g. CaptumMethod); got {type(method).__name__}."
@@ -299,3 +342,22 @@ def resolve_methods(
     if duplicates:
         raise ValueError(f"method names must be unique; {duplicates} appear more than once.")
     return resolved
+
+
+def check_graph_methods(methods: Sequence[EvaluationMethod], classifier: Classifier, head_fusion: str) -> None:
+    """Refuse, before any model pass, value-norm / ALTI methods that cannot run: a classifier without
+    :meth:`~Classifier.contribution_graphs`, or a head fusion other than the mean (the heads are
+    summed inside the contributions)."""
+    named = [m.name for m in methods if graph_of(m) != "attention"]
+    if not named:
+        return
+    if type(classifier).contribution_graphs is Classifier.contribution_graphs:
+        raise ValueError(
+            f"{', '.join(named)} need value-norm/ALTI graphs, which {type(classifier).__name__} does not build: "
+            f"override contribution_graphs() (see HFClassifier) or use raw, rollout, flow."
+        )
+    if head_fusion != "mean":
+        raise ValueError(
+            f"{', '.join(named)} sum the heads inside their contributions; head_fusion={head_fusion!r} applies to "
+            f"the attention graph only. Use head_fusion='mean' or the methods raw, rollout, flow."
+        )

@@ -12,12 +12,13 @@ Wrap another model by subclassing :class:`Classifier`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from captum_attnflow.capture import AttentionRecorder
+from captum_attnflow.graph import ContributionGraph, check_graph, recorded_graph
 
 
 class Classifier(ABC):
@@ -59,6 +60,31 @@ class Classifier(ABC):
     @abstractmethod
     def embedding_layer(self) -> nn.Module:
         """The module producing the token embeddings (for Captum's ``Layer*`` attributions)."""
+
+    def contribution_graphs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, graphs: Sequence[str]
+    ) -> dict[str, ContributionGraph]:
+        """The context-mixing graphs ``graphs`` (``"value_norm"``, ``"alti"``) of one forward pass:
+        :class:`~captum_attnflow.graph.ContributionGraph` s with ``(batch, L, n, n)`` matrices.
+
+        The built-in classifiers record them with ``AttentionRecorder(model, contributions=True)``;
+        a subclass that cannot must say so (the default raises NotImplementedError).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not build value-norm/ALTI graphs; override contribution_graphs() "
+            f"(see HFClassifier) or use the attention graph (methods raw, rollout, flow)."
+        )
+
+
+def record_graphs(model: nn.Module, forward: Callable[[], object], mask: torch.Tensor,
+                  graphs: Sequence[str]) -> dict[str, ContributionGraph]:
+    """Run ``forward()`` under ``AttentionRecorder(model, contributions=True)`` and build each of
+    ``graphs`` from the one recording (``mask``: the ``(batch, n)`` padding mask of that pass)."""
+    for graph in graphs:
+        check_graph(graph)
+    with AttentionRecorder(model, contributions=True) as recorder:
+        forward()
+    return {graph: recorded_graph(graph, recorder.attentions, recorder.terms, mask=mask) for graph in graphs}
 
 
 def last_real_token(mask: torch.Tensor) -> torch.Tensor:
@@ -147,10 +173,20 @@ class HFClassifier(Classifier):
             input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
         with AttentionRecorder(self.model) as recorder:
             self.model(input_ids=input_ids, attention_mask=attention_mask)
-        if order is None:
-            return recorder.attentions
-        back = order.argsort(dim=1)  # position in the right-padded row of each original position
-        return [_take(_take(a, back, dim=2), back, dim=3) for a in recorder.attentions]
+        return [_unpermute(a, order) for a in recorder.attentions]
+
+    def contribution_graphs(self, input_ids, attention_mask, graphs):
+        """Value-norm / ALTI graphs recorded on the right-padded batch (as :meth:`attentions`) and moved back."""
+        order = right_padding_order(attention_mask)
+        if order is not None:
+            input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
+        recorded = record_graphs(
+            self.model, lambda: self.model(input_ids=input_ids, attention_mask=attention_mask), attention_mask, graphs
+        )
+        return {
+            name: ContributionGraph(_unpermute(g.matrices, order), g.residual_included, g.name)
+            for name, g in recorded.items()
+        }
 
     @property
     def embedding_layer(self):
@@ -164,6 +200,16 @@ def right_padding_order(mask: torch.Tensor) -> torch.Tensor | None:
     if bool((order == torch.arange(mask.shape[1], device=mask.device)).all()):
         return None
     return order
+
+
+def _unpermute(matrices: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """``(..., n, n)`` matrices of a batch reordered by ``order`` (:func:`right_padding_order`) put back in
+    the batch's own token order (``order=None``: unchanged)."""
+    if order is None:
+        return matrices
+    back = order.argsort(dim=1)  # position in the right-padded row of each original position
+    dims = matrices.dim()
+    return _take(_take(matrices, back, dim=dims - 2), back, dim=dims - 1)
 
 
 def _take(tensor: torch.Tensor, order: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -202,6 +248,10 @@ class AgreementClassifier(Classifier):
 
     def attentions(self, input_ids, attention_mask):
         return self.model(input_ids, attention_mask, output_attentions=True)[1]
+
+    def contribution_graphs(self, input_ids, attention_mask, graphs):
+        """Value-norm / ALTI graphs of the model's GPT-2 blocks, recorded by hooks."""
+        return record_graphs(self.model, lambda: self.model(input_ids, attention_mask), attention_mask, graphs)
 
     @property
     def embedding_layer(self):

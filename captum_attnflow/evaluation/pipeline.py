@@ -17,7 +17,7 @@ from __future__ import annotations
 import pickle
 import warnings
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -27,7 +27,7 @@ from captum_attnflow.evaluation.data import Example, fit_length, pad_batch
 from captum_attnflow.evaluation.executors import SerialExecutor
 from captum_attnflow.evaluation.faithfulness import aopc, perturbed_inputs
 from captum_attnflow.evaluation.methods import (
-    Batch, BatchMethod, EvaluationMethod, FlowMethod, Position, flow_task, resolve_position,
+    Batch, BatchMethod, EvaluationMethod, FlowMethod, Position, flow_task, graph_of, resolve_position,
 )
 from captum_attnflow.evaluation.models import Classifier
 from captum_attnflow.evaluation.results import ResultStore, json_safe
@@ -49,8 +49,8 @@ class _Pending:
     aopc_probability: float
     scores: dict[str, np.ndarray]
     references: dict[str, np.ndarray]
-    graph: np.ndarray | None = None
-    flow: Future | None = None
+    graphs: dict[str, tuple[np.ndarray, bool]] = field(default_factory=dict)  # flow method -> (graph, residual)
+    flows: dict[str, Future] = field(default_factory=dict)
 
 
 class BatchRun:
@@ -67,7 +67,9 @@ class BatchRun:
         self.protected, self.truncation, self.max_length = protected, truncation, max_length
         self.aopc_batch_size, self.aopc_target, self.progress = aopc_batch_size, aopc_target, progress
         self.padding_side = padding_side
-        self.flow = next((m for m in methods if isinstance(m, FlowMethod)), None)
+        self.flows = [m for m in methods if isinstance(m, FlowMethod)]
+        # the value-norm / ALTI graphs the methods run on, recorded once per batch
+        self.graphs = sorted({graph_of(m) for m in methods} - {"attention"})
         self.broken: str | None = None  # the executor refused work: the rest is lost
 
     # -- records ---------------------------------------------------------------------------
@@ -110,7 +112,7 @@ class BatchRun:
                     pending.extend(self._model_stage([item]))
                 except Exception as error:  # noqa: BLE001 - recorded with the example
                     self._fail(item[0], error)
-        if self.flow is not None:
+        if self.flows:
             self._submit_flow(pending)
         return pending
 
@@ -123,6 +125,7 @@ class BatchRun:
         with torch.no_grad():
             probabilities = self.classifier.probabilities(input_ids, mask)
             attentions = tuple(self.classifier.attentions(input_ids, mask))
+            contributions = self.classifier.contribution_graphs(input_ids, mask, self.graphs) if self.graphs else {}
         predictions = probabilities.argmax(-1)
         classes = probabilities.shape[-1]
         for example in examples:
@@ -132,7 +135,7 @@ class BatchRun:
                     f"classes (0..{classes - 1})."
                 )
         targets = torch.tensor([e.label if e.label is not None else int(p) for e, p in zip(examples, predictions)])
-        batch = Batch(input_ids, mask, targets, lengths, attentions, side=self.padding_side)
+        batch = Batch(input_ids, mask, targets, lengths, attentions, side=self.padding_side, contributions=contributions)
         references = {
             "blank_out": blank_out_scores(
                 self.classifier.probabilities, input_ids, target=targets, blank_id=self.classifier.blank_id,
@@ -152,7 +155,9 @@ class BatchRun:
             )
             for m in self.methods if isinstance(m, BatchMethod)
         }
-        graphs = self.flow.graphs(batch, self.head_fusion) if self.flow is not None else [None] * len(items)
+        graphs = {
+            m.name: (m.graphs(batch, self.head_fusion), m.task_residual(batch, self.residual)) for m in self.flows
+        }
         chosen = probabilities.gather(1, targets[:, None])[:, 0]
         # AOPC follows the predicted class (ERASER) or the same target as the references
         aopc_classes = predictions if self.aopc_target == "predicted" else targets
@@ -163,7 +168,7 @@ class BatchRun:
                 probability=float(chosen[b]), aopc_class=int(aopc_classes[b]),
                 aopc_probability=float(aopc_chosen[b]), scores={name: scores[b] for name, scores in method_scores.items()},
                 references={name: values[b, batch.live(b)] for name, values in references.items()},
-                graph=graphs[b],
+                graphs={name: (per_example[b], residual) for name, (per_example, residual) in graphs.items()},
             )
             for b, (example, truncated) in enumerate(items)
         ]
@@ -190,15 +195,15 @@ class BatchRun:
 
     def _submit_flow(self, pending: list[_Pending]) -> None:
         for item in pending:
-            try:
-                item.flow = self.executor.submit(
-                    flow_task, item.graph, self.position, self.residual, self.flow.solver
-                )
-            except Exception as error:  # noqa: BLE001 - a shut-down or broken executor
-                self.broken = f"the executor refused the flow task: {type(error).__name__}: {error}"
-                item.flow = Future()
-                item.flow.set_exception(error)
-            item.graph = None
+            for method in self.flows:
+                graph, residual = item.graphs.pop(method.name)
+                try:
+                    future = self.executor.submit(flow_task, graph, self.position, residual, method.solver)
+                except Exception as error:  # noqa: BLE001 - a shut-down or broken executor
+                    self.broken = f"the executor refused the flow task: {type(error).__name__}: {error}"
+                    future = Future()
+                    future.set_exception(error)
+                item.flows[method.name] = future
 
     # -- finishing stage -------------------------------------------------------------------
     def finish(self, pending: Iterable[_Pending]) -> None:
@@ -206,16 +211,11 @@ class BatchRun:
         for item in pending:
             index = item.example.index
             scores = dict(item.scores)
-            if item.flow is not None:
-                try:
-                    status, value = item.flow.result()
-                except Exception as error:  # noqa: BLE001 - the worker or the pool died
-                    self._record(index, "lost", error=f"flow task lost: {type(error).__name__}: {error}")
-                    continue
-                if status != "ok":
-                    self._record(index, "error", error=f"flow: {value}")
-                    continue
-                scores["flow"] = value
+            failure = self._collect_flows(item, scores)
+            if failure is not None:
+                status, error = failure
+                self._record(index, status, error=error)
+                continue
             try:
                 metrics = self._metrics(item, scores)
             except Exception as error:  # noqa: BLE001 - recorded with the example
@@ -227,6 +227,23 @@ class BatchRun:
                 target=item.target, prediction=item.prediction, probability=item.probability,
                 aopc_class=item.aopc_class, aopc_probability=item.aopc_probability, scores={**ordered, **item.references}, metrics=metrics,
             )
+
+    @staticmethod
+    def _collect_flows(item: _Pending, scores: dict[str, np.ndarray]) -> tuple[str, str] | None:
+        """Wait for the example's flow tasks and add their scores; ``(status, error)`` when one failed
+        (``lost``: the worker or pool died; ``error``: the example itself)."""
+        failure = None
+        for name, future in item.flows.items():
+            try:
+                status, value = future.result()
+            except Exception as error:  # noqa: BLE001 - the worker or the pool died
+                failure = failure or ("lost", f"flow task lost: {type(error).__name__}: {error}")
+                continue
+            if status != "ok":
+                failure = failure or ("error", f"{name}: {value}")
+                continue
+            scores[name] = value
+        return failure
 
     def _metrics(self, item: _Pending, scores: dict[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
         ids = list(item.example.input_ids)

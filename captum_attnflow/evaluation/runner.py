@@ -50,7 +50,7 @@ from captum_attnflow.evaluation.executors import SerialExecutor
 from captum_attnflow.evaluation.faithfulness import (
     DEFAULT_FRACTIONS, DELETIONS, AopcTarget, Deletion, aopc_protocol, check_aopc_target, check_fractions,
 )
-from captum_attnflow.evaluation.methods import EvaluationMethod, Position, resolve_methods
+from captum_attnflow.evaluation.methods import EvaluationMethod, Position, check_graph_methods, resolve_methods
 from captum_attnflow.evaluation.models import Classifier, HFClassifier
 from captum_attnflow.evaluation.pipeline import BatchRun, batch_task, cached_classifier
 from captum_attnflow.evaluation.results import ResultStore, ResultTable, json_safe
@@ -219,6 +219,7 @@ def evaluate(
             check_loaded(value, f"the model ({type(value).__name__})")
     resolved = resolve_methods(methods, flow_solver=flow_solver)
     check_head_fusion(head_fusion)
+    check_graph_methods(resolved, classifier, head_fusion)
     check_gradient_reduction(gradient_reduction, "gradient_reduction")
     if deletion not in DELETIONS:
         raise ValueError(f"unknown deletion {deletion!r}; choose one of {DELETIONS}.")
