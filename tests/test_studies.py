@@ -160,6 +160,15 @@ def test_snippet_errors_name_the_problem(tmp_path, monkeypatch):
         data.load_movie_snippets(tmp_path / "missing.txt", cache_dir=tmp_path)
 
 
+def test_held_out_split_is_written_as_evaluate_reads_it(tmp_path):
+    """sentiment's test.csv goes to `captum-attnflow evaluate --data` unchanged: quotes, commas, labels."""
+    from captum_attnflow.evaluation.command import _texts
+
+    snippets = [data.Snippet(1, 2.5, 'a "quoted", comma text'), data.Snippet(2, -1.0, "plain"), data.Snippet(3, 0.1, "é")]
+    sentiment.write_split(tmp_path / "test.csv", snippets)
+    assert _texts(tmp_path / "test.csv", {}) == [('a "quoted", comma text', 1), ("plain", 0), ("é", 1)]
+
+
 def test_split_is_seeded_disjoint_and_drops_neutral_snippets():
     snippets = [data.Snippet(i, rating, f"s{i}") for i, rating in enumerate([1, -1, 0, 2, -2, 0.5, -0.5, 3, 0, -3] * 5)]
     train, test = data.sentiment_split(snippets, test_fraction=0.2, seed=3)

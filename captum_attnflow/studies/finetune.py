@@ -180,14 +180,15 @@ def load_or_finetune(
 
     Returns:
         ``(model, tokenizer, info)`` with ``info`` the saved ``study.json`` dictionary
-        (``config``, ``test_accuracy``, ``train_size``, ``test_size``, ``train_seconds``).
+        (``config``, ``test_accuracy``, ``train_size``, ``test_size``, ``train_seconds``) and
+        ``directory``, the model folder (``captum-attnflow evaluate --model DIR`` takes it).
     """
     directory = Path(cache_dir) / f"minilm-sentiment-{config.key()}"
     info_path = directory / INFO_FILE
     if info_path.is_file():
         log(f"loading the fine-tuned classifier from {directory}")
         model, tokenizer = load_pretrained_classifier(directory, attn_implementation=attn_implementation)
-        return model.eval(), tokenizer, json.loads(info_path.read_text())
+        return model.eval(), tokenizer, {**json.loads(info_path.read_text()), "directory": str(directory)}
     train = list(train)[: config.train_limit]
     log(f"fine-tuning MiniLM-L6 on {len(train)} snippets ({config.epochs} epochs); cached in {directory}")
     torch.manual_seed(config.seed)
@@ -208,4 +209,4 @@ def load_or_finetune(
     info_path.write_text(json.dumps(info, indent=2))
     log(f"test accuracy {info['test_accuracy']:.3f} ({len(test)} snippets), trained in {seconds:.0f}s")
     model, tokenizer = load_pretrained_classifier(directory, attn_implementation=attn_implementation)
-    return model.eval(), tokenizer, info
+    return model.eval(), tokenizer, {**info, "directory": str(directory)}

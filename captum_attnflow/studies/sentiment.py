@@ -24,6 +24,7 @@ same protocol on held-out sentences:
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from dataclasses import dataclass, field
@@ -367,5 +368,17 @@ def run(args: argparse.Namespace) -> int:
                  figures=None if args.no_figures else {"Spearman ρ per layer": "sentiment_layers.png",
                                                       "One test sentence": "sentiment_example.png"},
                  explorer=sentiment_explorer(result))
-    print(f"wrote {args.out}/table3.md, table3.json, report.html" + ("" if args.no_figures else " and figures"))
+    write_split(args.out / "test.csv", test)
+    print(f"wrote {args.out}/table3.md, table3.json, report.html, test.csv" + ("" if args.no_figures else " and figures"))
+    print(f"faithfulness (AOPC) of any method on this model:\n  captum-attnflow evaluate --model {info['directory']} "
+          f"--data {args.out}/test.csv --examples {len(texts)} --methods raw,rollout,flow,rollout_alti,ig --out eval-sentiment")
     return 0
+
+
+def write_split(path: Path, snippets) -> None:
+    """The held-out snippets as the CSV ``captum-attnflow evaluate --data`` reads (``text``, ``label``:
+    0 negative, 1 positive)."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows((snippet.text, snippet.label) for snippet in snippets)
