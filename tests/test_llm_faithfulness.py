@@ -30,7 +30,7 @@ from captum_attnflow.evaluation.llm_prompts import KINDS, Prompt, load_prompts, 
 from captum_attnflow.evaluation.llm_summary import llm_table, summarize_llm  # noqa: E402
 from captum_attnflow.evaluation.results import read_examples  # noqa: E402
 from tests.test_key_ablation import tiny_model  # noqa: E402
-from tests.test_llm_attribution import word_tokenizer  # noqa: E402
+from tests.test_llm_attribution import ids_of, word_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CI_TABLE = ROOT / "docs" / "results" / "ci" / "llm_faithfulness.md"
@@ -157,6 +157,28 @@ def test_metrics_equal_an_independent_computation(serial_records):
     assert len(agreement["output_tokens"]) == 1 and 0 < agreement["metrics"]["raw_last"]["subject_rr"] <= 1
     table = llm_table(summarize_llm(serial_records, CHEAP))
     assert LLM_METHODS["key_ablation"].label in table
+
+
+def test_captum_rows_survive_a_target_that_splits_a_character(monkeypatch):
+    """Captum labels LLM outputs with a conversion that raises IndexError when the target ends
+    inside a UTF-8 character (SmolLM2 generating '¡'); LayerIG and FeatureAblation keep their scores."""
+    from captum.attr._core import llm_attr
+
+    import captum_attnflow.attr.text as text
+    from captum_attnflow.evaluation.llm_methods import LLMContext, feature_ablation, layer_integrated_gradients
+
+    model, tokenizer = tiny_factory()
+    prompt, target = ids_of(tokenizer, "the cat sat on a", special=False)[0], ids_of(tokenizer, " mat", special=False)[0]
+    expected = {f: f(LLMContext(model, tokenizer), prompt, target) for f in (layer_integrated_gradients, feature_ablation)}
+
+    def captum_bug(ids, tok):
+        raise IndexError("index 2 is out of bounds for dimension 0 with size 2")
+
+    monkeypatch.setattr(llm_attr, "_convert_ids_to_pretty_tokens", captum_bug)
+    monkeypatch.setattr(text, "_convert_ids_to_pretty_tokens", captum_bug)
+    for method, scores in expected.items():
+        np.testing.assert_allclose(method(LLMContext(model, tokenizer), prompt, target), scores, atol=1e-6)
+    assert llm_attr._convert_ids_to_pretty_tokens is captum_bug  # put back after each call
 
 
 def test_resume_after_a_cut_short_file_and_a_lost_task(serial_records, tmp_path):

@@ -14,6 +14,7 @@ prompt + target before the prompt's columns are kept). The ``--methods`` option 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from captum_attnflow.attr import AttentionFlow, AttentionRollout, LLMAttentionAttribution, LLMKeyAblation, RawAttention
+from captum_attnflow.attr.text import pretty_tokens
 from captum_attnflow.evaluation.llm_metrics import random_scores
 from captum_attnflow.flow.prior import divide_prior, positional_prior
 
@@ -135,6 +137,24 @@ def mean_raw_attention(context: LLMContext, prompt: Tensor, target: Tensor) -> n
     return _prompt_rows(matrices[0].mean(0)[positions], prompt.shape[0])
 
 
+@contextlib.contextmanager
+def captum_output_labels():
+    """Within the block, Captum's ``LLMAttribution`` / ``LLMGradientAttribution`` label their output
+    tokens with :func:`~captum_attnflow.attr.text.pretty_tokens`: Captum's own conversion raises
+    ``IndexError`` when the target splits one UTF-8 character (SmolLM2 generating ``¡`` as two
+    byte-level pieces), which lost the prompt's scores with it. Labels only; the scores are
+    Captum's. Restored on exit (a module attribute: one benchmark method at a time per process).
+    """
+    from captum.attr._core import llm_attr
+
+    original = llm_attr._convert_ids_to_pretty_tokens
+    llm_attr._convert_ids_to_pretty_tokens = pretty_tokens
+    try:
+        yield
+    finally:
+        llm_attr._convert_ids_to_pretty_tokens = original
+
+
 def layer_integrated_gradients(context: LLMContext, prompt: Tensor, target: Tensor) -> np.ndarray:
     """Captum ``LLMGradientAttribution(LayerIntegratedGradients)`` on the token embeddings."""
     from captum.attr import LayerIntegratedGradients, LLMGradientAttribution
@@ -143,7 +163,8 @@ def layer_integrated_gradients(context: LLMContext, prompt: Tensor, target: Tens
     method = context.get("lig", lambda: LLMGradientAttribution(
         LayerIntegratedGradients(model, model.get_input_embeddings()), tokenizer))
     inp = token_input(context, prompt)
-    result = method.attribute(inp, target=target.clone(), n_steps=IG_STEPS)
+    with captum_output_labels():
+        result = method.attribute(inp, target=target.clone(), n_steps=IG_STEPS)
     return result.token_attr.detach().double().cpu().numpy()
 
 
@@ -154,7 +175,8 @@ def feature_ablation(context: LLMContext, prompt: Tensor, target: Tensor) -> np.
     model, tokenizer = context.model, context.tokenizer
     method = context.get("fa", lambda: LLMAttribution(FeatureAblation(model), tokenizer))
     inp = token_input(context, prompt)
-    result = method.attribute(inp, target=target.clone(), forward_in_tokens=False)
+    with captum_output_labels():
+        result = method.attribute(inp, target=target.clone(), forward_in_tokens=False)
     return result.token_attr.detach().double().cpu().numpy()
 
 
