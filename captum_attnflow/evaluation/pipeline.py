@@ -230,20 +230,20 @@ class BatchRun:
 
     @staticmethod
     def _collect_flows(item: _Pending, scores: dict[str, np.ndarray]) -> tuple[str, str] | None:
-        """Wait for the example's flow tasks and add their scores; ``(status, error)`` when one failed
-        (``lost``: the worker or pool died; ``error``: the example itself)."""
-        failure = None
+        """Wait for the example's flow tasks and add their scores; ``(status, error)`` when one failed:
+        ``lost`` (the worker or pool died: resuming reruns it) before ``error`` (the example itself)."""
+        failures = []
         for name, future in item.flows.items():
             try:
                 status, value = future.result()
             except Exception as error:  # noqa: BLE001 - the worker or the pool died
-                failure = failure or ("lost", f"flow task lost: {type(error).__name__}: {error}")
+                failures.append(("lost", f"flow task lost: {type(error).__name__}: {error}"))
                 continue
             if status != "ok":
-                failure = failure or ("error", f"{name}: {value}")
+                failures.append(("error", f"{name}: {value}"))
                 continue
             scores[name] = value
-        return failure
+        return min(failures, default=None, key=lambda failure: failure[0] != "lost")
 
     def _metrics(self, item: _Pending, scores: dict[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
         ids = list(item.example.input_ids)
