@@ -698,7 +698,10 @@ def test_agreement_model_through_the_cli(tmp_path):
     save_checkpoint(untrained, path, metadata={"data_seed": 3, "data_sizes": sizes})
     out = tmp_path / "out"
     assert main(["evaluate", "--model", str(path), "--examples", "6", "--methods", "raw,rollout,flow,saliency,rollout_alti",
-                 "--out", str(out), "--no-progress", "--flow-solver", "scipy", "--resamples", "50"]) == 0
+                 "--out", str(out), "--no-progress", "--flow-solver", "scipy", "--resamples", "50",
+                 "--results-md", str(tmp_path / "md"), "--results-name", "evaluate_small"]) == 0
+    assert [p.name for p in (tmp_path / "md").iterdir()] == ["evaluate_small.md"]
+    assert "| rollout_alti |" in (tmp_path / "md" / "evaluate_small.md").read_text()
     summary = json.loads((out / "results.json").read_text())
     assert summary["finished"] == 6 and summary["failed"] == 0
     test = generate_splits(3, **sizes).test[:6]

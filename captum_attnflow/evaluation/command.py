@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import re
 import sys
 from pathlib import Path
 
@@ -120,6 +121,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_option(parser)
+    parser.add_argument("--results-name", type=_table_name, default="evaluate", metavar="NAME",
+                        help="with --results-md: the table's file name, NAME.md (default evaluate)")
+
+
+def _table_name(value: str) -> str:
+    if not re.fullmatch(r"[\w.-]+", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a file name: use letters, digits, '_', '.', '-'")
+    return value
 
 
 def load_agreement(path: str | None):
@@ -319,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         close()
     out = Path(args.out)
     print(result.table)
-    write_table(args.results_md, "evaluate", f"{result.table.protocol}.\n\n{evaluation_table(result.table.records)}")
+    write_table(args.results_md, args.results_name, f"{result.table.protocol}.\n\n{evaluation_table(result.table.records)}")
     from captum_attnflow.evaluation.explorer import write_evaluation_report
     write_evaluation_report(out, data, args.model, f"{result.table.protocol}.\n\n{evaluation_table(result.table.records)}")
     print(f"\n{len(result.examples)} examples evaluated, {len(result.errors)} failed, {len(result.lost)} lost; "

@@ -6,7 +6,7 @@ The README never holds typed numbers: each of its results tables is a copy of a 
 the README's ``<!-- generated: <name> | command: ... -->`` markers. The names each command writes:
 
 * ``reproduce``: ``reproduce_table1``, ``reproduce_table2``, ``reproduce_table2b``
-* ``evaluate``: ``evaluate``
+* ``evaluate``: ``evaluate`` (another name with ``--results-name``: ``evaluate_sentiment``)
 * ``sentiment``: ``sentiment_table3``
 * ``pronoun``: ``pronoun_agreement``
 * ``llm-faithfulness``: ``llm_faithfulness``
