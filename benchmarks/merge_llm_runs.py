@@ -1,15 +1,16 @@
 """One table from several ``captum-attnflow llm-faithfulness`` runs over the same prompts.
 
-The docs' LLM table was measured in two runs of the command on the same prompt selection
-(``--prompts 48 --new-tokens 2``): the package's methods with LayerIntegratedGradients and
-FeatureAblation, and the sink-free rows with the peers (inseq, AttnLRP), which need the ``peers``
-extra. This script keeps the prompts every run finished, merges their per-method records (the
-reference rows — random, earliest, latest — are computed identically in both; the first
-run's are kept, with their ρ against LayerIntegratedGradients) and writes the
-table, the per-kind table and the deletion-curve figure with the command's own functions::
+The docs' LLM table was measured in two runs of the command over all 110 shipped prompts
+(``--new-tokens 2``): the package's default methods (with LayerIntegratedGradients and
+FeatureAblation), and the peers (inseq, AttnLRP), which need the ``peers`` extra, beside the
+sink-free rows and the reference rows. This script keeps the prompts every run finished, merges
+their per-method records (a method in several runs — the reference rows, the sink-free rows —
+is computed identically in each; the first run's rows are kept, with their ρ against
+LayerIntegratedGradients) and writes the table, the per-kind table and the deletion-curve figure
+with the command's own functions::
 
-    captum-attnflow llm-faithfulness --prompts 48 --new-tokens 2 --workers 2 --out run1
-    captum-attnflow llm-faithfulness --prompts 48 --new-tokens 2 --out run2 \\
+    captum-attnflow llm-faithfulness --new-tokens 2 --workers 1 --out run1
+    captum-attnflow llm-faithfulness --new-tokens 2 --workers 1 --out run2 \\
         --methods rollout_no_sink,rollout_alti_no_sink,flow_alti_no_sink,inseq_attention,inseq_value_zeroing,attnlrp,random,earliest,latest
     python benchmarks/merge_llm_runs.py run1 run2 --results-md docs/results --figures docs/figures
 """
@@ -57,8 +58,10 @@ def main() -> None:
     if not records:
         raise SystemExit("merge_llm_runs: error: no prompt was finished by every run")
     total = len(load_prompts())
-    head = (f"SmolLM2-135M-Instruct, {len(records)} prompts (a subset of the {total} shipped, spread over the kinds: "
-            f"the prompts every one of the {len(args.runs)} runs finished); greedy continuation of {config.get('new_tokens')} tokens "
+    which = (f"all {total} shipped prompts" if len(records) == total else
+             f"{len(records)} prompts (a subset of the {total} shipped, spread over the kinds: the prompts every one "
+             f"of the {len(args.runs)} runs finished)")
+    head = (f"SmolLM2-135M-Instruct, {which}; greedy continuation of {config.get('new_tokens')} tokens "
             f"(agreement prompts: the correct verb); AOPC over k = 1..{config.get('max_k')} top prompt tokens, in nats of "
             f"the output token's log-probability; key removal = removed as a key in every layer, positions kept; "
             f"replacement = the token ' ' (a space); ρ per output token; agreement columns over the agreement prompts "
