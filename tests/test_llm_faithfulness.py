@@ -197,6 +197,13 @@ def test_resume_after_a_cut_short_file_and_a_lost_task(serial_records, tmp_path)
     done = run_benchmark(tiny_factory, TINY_PROMPTS, CHEAP, out=out, resume=True, **SETTINGS)
     assert [r["status"] for r in done] == ["ok"] * 4
     assert_same_records(comparable(read_examples(out)), comparable(serial_records))
+    # a record without one of the benchmark's own metrics is refused on resume, naming it
+    records = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
+    last = len(records) - 1  # an ok record (earlier lines include the lost ones)
+    del records[last]["metrics"]["latest"]["deletion_remove"]
+    (out / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ValueError, match=rf"record {last + 1} \(example {records[last]['index']}\) lacks the metrics"):
+        run_benchmark(tiny_factory, TINY_PROMPTS, CHEAP, out=out, resume=True, **SETTINGS)
 
 
 def test_process_pool_equals_serial(serial_records, tmp_path):

@@ -246,7 +246,7 @@ def run_benchmark(
                 "neutral_id": neutral_id}
     config = {**settings, "benchmark": "llm-faithfulness", "model_sha256": model_id,
               "data_sha256": prompts_identity(prompts), "data_examples": len(prompts)}
-    store = ResultStore(out, config, resume=resume)
+    store = ResultStore(out, config, resume=resume, metric_keys=METRICS)
     executor = executor or SerialExecutor()
     bar = tqdm(total=len(prompts), initial=len(store.done()), disable=not progress, unit="prompt",
                desc="llm-faithfulness")

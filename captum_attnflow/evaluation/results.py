@@ -90,12 +90,15 @@ def read_examples(directory: str | Path) -> list[dict[str, Any]]:
 STATUSES = ("ok", "error", "lost")
 
 
-def check_records(records: Sequence[Any], path: Path, config: Mapping[str, Any]) -> None:
+def check_records(records: Sequence[Any], path: Path, config: Mapping[str, Any],
+                  metric_keys: Sequence[str] = tuple(METRICS)) -> None:
     """Refuse ``examples.jsonl`` records that this run could not have written, before any work.
 
     Each must be an object with an integer ``index`` within the data (``config["data_examples"]``)
     and a ``status`` in :data:`STATUSES`; an ``ok`` record needs ``metrics`` for every method of
-    the run, each metric a list (one value per row); ``error``/``lost`` records need a message.
+    the run with every one of ``metric_keys`` (the run's metrics: :data:`METRICS` for
+    ``evaluate``), each a list (one value per row), a number or null; ``error``/``lost`` records
+    need a message.
 
     Raises:
         ValueError: naming the file, the record's line and what is wrong.
@@ -120,10 +123,10 @@ def check_records(records: Sequence[Any], path: Path, config: Mapping[str, Any])
                 raise ValueError(f"{where} has status {status!r} without an 'error' message.")
             continue
         metrics = record.get("metrics")
-        keys = METRICS if config.get("benchmark") is None else ()  # another benchmark has its own metrics
         bad = (not isinstance(metrics, dict) or any(
             not isinstance(metrics.get(m), dict)
-            or any(not isinstance(metrics[m].get(k), list) for k in keys) for m in methods))
+            or any(k not in metrics[m] or not isinstance(metrics[m][k], (list, int, float, type(None)))
+                   for k in metric_keys) for m in methods))
         if bad:
             raise ValueError(f"{where} (example {index}) lacks the metrics of the methods {methods}; fix or delete it.")
 
@@ -145,6 +148,8 @@ class ResultStore:
         config: the run's settings, including the identity of its model (``model_sha256``) and
             data (``data_sha256``, ``data_examples``); with ``resume`` they must equal the stored ones.
         resume: continue a run found in ``directory``.
+        metric_keys: the metrics every ``ok`` record holds per method (checked on resume;
+            default ``evaluate``'s :data:`METRICS`).
 
     Raises:
         ValueError: ``directory`` is a file or not writable; another run holds its lock
@@ -153,8 +158,10 @@ class ResultStore:
             line before the last one.
     """
 
-    def __init__(self, directory: str | Path | None, config: Mapping[str, Any], *, resume: bool = False) -> None:
+    def __init__(self, directory: str | Path | None, config: Mapping[str, Any], *, resume: bool = False,
+                 metric_keys: Sequence[str] = tuple(METRICS)) -> None:
         self.directory = None if directory is None else Path(directory)
+        self.metric_keys = tuple(metric_keys)
         self.records: dict[int, dict[str, Any]] = {}
         self._lock: DirectoryLock | None = None
         config = json_safe(dict(config))
@@ -212,7 +219,7 @@ class ResultStore:
 
     def _load(self, path: Path) -> None:
         records, keep = _read_records(path)
-        check_records(records, path, self.config)
+        check_records(records, path, self.config, self.metric_keys)
         for record in records:
             self.records[int(record["index"])] = _in_memory(record)
         data_ends_with_newline = path.read_bytes()[:keep].endswith(b"\n")
