@@ -211,6 +211,19 @@ def _bounded_inputs(attentions, tol: float | None):
     return [layer.to(torch.float64) for layer in layers], output_format
 
 
+def _flow_graph(attentions, tol: float | None, *, residual: bool, head_fusion: str, mask, renormalize: bool):
+    """:func:`prepare_graph` for flow: ``(augmented, raw_layers, mask, output_format, rounding)``, the
+    graph built in float64 for bounded flow (:func:`_bounded_inputs`, the caller's output format
+    kept) and ``rounding`` its rounding bound (0 for exact flow)."""
+    attentions, bounded_format = _bounded_inputs(attentions, tol)
+    augmented, raw_layers, mask, output_format = prepare_graph(
+        attentions, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize
+    )
+    num_layers, n = augmented.shape[1], augmented.shape[-1]
+    rounding = 0.0 if tol is None else graph_rounding(num_layers, raw_layers[0].shape[1], n)
+    return augmented, raw_layers, mask, bounded_format or output_format, rounding
+
+
 def _result(values: torch.Tensor, error: torch.Tensor, tol: float | None, output_format):
     if tol is None:
         return to_output(values, output_format)
@@ -243,13 +256,10 @@ def flow_layers(
     """
     tol = check_tol(tol)
     threads = check_threads(threads)
-    attentions, bounded_format = _bounded_inputs(attentions, tol)
-    augmented, raw_layers, mask, output_format = prepare_graph(
-        attentions, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize
+    augmented, raw_layers, mask, output_format, rounding = _flow_graph(
+        attentions, tol, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize
     )
-    output_format = bounded_format or output_format
     batch, num_layers, n, _ = augmented.shape
-    rounding = 0.0 if tol is None else graph_rounding(num_layers, raw_layers[0].shape[1], n)
     layer_list = _indices(layers, num_layers, "layers", "layers")
     positions = _indices(output_positions, n, "output_positions", "positions")
     method = _method(flow_solver)
@@ -373,13 +383,10 @@ def head_flow(
     """
     tol = check_tol(tol)
     threads = check_threads(threads)
-    attentions, bounded_format = _bounded_inputs(attentions, tol)
-    augmented, raw_layers, mask, output_format = prepare_graph(
-        attentions, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize
+    augmented, raw_layers, mask, output_format, rounding = _flow_graph(
+        attentions, tol, residual=residual, head_fusion=head_fusion, mask=mask, renormalize=renormalize
     )
-    output_format = bounded_format or output_format
     batch, num_layers, n, _ = augmented.shape
-    rounding = 0.0 if tol is None else graph_rounding(num_layers, raw_layers[0].shape[1], n)
     layer = check_index(layer, num_layers, "layer", "layers")
     top = head_graph(raw_layers, layer, residual=residual, mask=mask)
     heads = list(range(top.shape[1]))
